@@ -1,0 +1,38 @@
+# hinan — the README's two commands are `make demo` and `make test`.
+# Each target installs the Debian packages it needs first (.ci/deps.sh: quiet,
+# idempotent, seconds when nothing is missing). Lab targets need root.
+
+CARGO ?= cargo
+LAB := ./target/debug/hinan-lab
+
+.PHONY: test demo bench build lab-down fmt lint
+
+test:
+	bash .ci/deps.sh test
+	$(CARGO) build --workspace --all-targets
+	$(CARGO) test --workspace --no-fail-fast
+
+demo:
+	bash .ci/deps.sh demo
+	$(CARGO) build -p hinan-tests --bin hinan-lab
+	$(LAB) demo
+
+bench:
+	bash .ci/deps.sh bench
+	$(CARGO) build --release -p hinan-tests --bin hinan-lab
+	./target/release/hinan-lab bench-migration --runs 5
+
+build:
+	$(CARGO) build --workspace
+
+# Removes every lab on this machine, including ones left by crashed runs.
+lab-down:
+	$(CARGO) build -p hinan-tests --bin hinan-lab
+	$(LAB) down
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings

@@ -1,0 +1,6 @@
+//! hinan's orchestrator: the cluster of appliances (replicated state, failure
+//! detection, service monitors), alert intake, the evacuation planner, the
+//! libvirt executor, fencing and the operator API.
+//!
+//! The cluster issue fills this crate; for now it only carries the `hinan`
+//! binary's entry point.

@@ -1,0 +1,425 @@
+//! `hinan-lab`: builds, shows, impairs and removes the two-campus lab, and runs
+//! the demo that `make demo` shows.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use hinan_lab::wan::{self, LinkImpairment};
+use hinan_lab::{guest, run, Lab, LabSpec, Probe, ProbeSpec, VmSpec};
+
+/// The id of the lab `hinan-lab up` builds and the other commands act on.
+const CLI_LAB: &str = "lab";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hinan-lab",
+    version,
+    about = "The hinan two-campus lab on one machine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build the lab and leave it running (remove it with `down`).
+    Up {
+        /// Number of campuses.
+        #[arg(long, default_value_t = 2)]
+        campuses: usize,
+        /// Add a witness site on the WAN.
+        #[arg(long)]
+        witness: bool,
+        /// Do not boot the LMS guest at campus A.
+        #[arg(long)]
+        no_vm: bool,
+    },
+    /// Remove every lab on this machine, including ones left by crashed runs.
+    Down,
+    /// Show the lab: namespaces, addresses, VMs, impairments, processes.
+    Status,
+    /// Live-migrate the LMS guest to another campus.
+    Migrate {
+        /// Destination campus (default: the other one).
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Set impairments on a WAN link (a, b, …, w, cl); no option clears them.
+    Impair {
+        link: String,
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u32,
+        #[arg(long, default_value_t = 0.0)]
+        loss: f64,
+        #[arg(long)]
+        down: bool,
+    },
+    /// Cut (or with --heal, restore) everything between two WAN links.
+    Partition {
+        x: String,
+        y: String,
+        #[arg(long)]
+        heal: bool,
+    },
+    /// Remove every WAN impairment.
+    Heal,
+    /// Probe a URL from the client namespace and print the report as JSON.
+    Probe {
+        #[arg(long, default_value = "http://10.70.0.10/")]
+        url: String,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 50)]
+        interval_ms: u64,
+    },
+    /// Build the lab, boot the LMS at A, probe it, live-migrate it to B, report, tear down.
+    Demo {
+        /// Write the probe's full report (JSON) here.
+        #[arg(long)]
+        probe_json: Option<std::path::PathBuf>,
+    },
+    /// Benchmark: live migrations back and forth under the client probe; medians.
+    BenchMigration {
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
+    /// (internal) The WAN delay relay, run by the lab inside the WAN namespace.
+    #[command(hide = true)]
+    WanDelay {
+        #[arg(long)]
+        dev: String,
+        #[arg(long)]
+        delay_ms: u64,
+    },
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Up {
+            campuses,
+            witness,
+            no_vm,
+        } => up(campuses, witness, no_vm),
+        Command::Down => down(),
+        Command::Status => {
+            print!("{}", Lab::open(CLI_LAB)?.status());
+            Ok(())
+        }
+        Command::Migrate { to } => migrate(to),
+        Command::Impair {
+            link,
+            delay_ms,
+            loss,
+            down,
+        } => {
+            let mut lab = Lab::open(CLI_LAB)?;
+            let mut want = lab.wan_state();
+            want.set_link(
+                &link,
+                LinkImpairment {
+                    delay_ms,
+                    loss_pct: loss,
+                    down,
+                },
+            );
+            wan::apply(&mut lab, &want)?;
+            println!("wan: {}", want.describe());
+            lab.detach();
+            Ok(())
+        }
+        Command::Partition { x, y, heal } => {
+            let mut lab = Lab::open(CLI_LAB)?;
+            let mut want = lab.wan_state();
+            want.partition(&x, &y, !heal);
+            wan::apply(&mut lab, &want)?;
+            println!("wan: {}", want.describe());
+            lab.detach();
+            Ok(())
+        }
+        Command::Heal => {
+            let mut lab = Lab::open(CLI_LAB)?;
+            wan::apply(&mut lab, &Default::default())?;
+            println!("wan: unimpaired");
+            lab.detach();
+            Ok(())
+        }
+        Command::Probe {
+            url,
+            seconds,
+            interval_ms,
+        } => {
+            let lab = Lab::open(CLI_LAB)?;
+            let mut spec = ProbeSpec::new(&url);
+            spec.interval = Duration::from_millis(interval_ms.max(1));
+            let probe = Probe::start(&lab.topo.client.ns, spec)?;
+            std::thread::sleep(Duration::from_secs(seconds));
+            let report = probe.stop()?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            lab.detach();
+            Ok(())
+        }
+        Command::Demo { probe_json } => demo(probe_json),
+        Command::BenchMigration { runs } => bench_migration(runs),
+        Command::WanDelay { dev, delay_ms } => {
+            hinan_lab::delay::run_relay(&dev, Duration::from_millis(delay_ms))
+        }
+    }
+}
+
+fn up(campuses: usize, witness: bool, no_vm: bool) -> Result<()> {
+    if run::base_dir().join(CLI_LAB).exists() {
+        bail!("the lab is up already; see `hinan-lab status`, or remove it with `hinan-lab down`");
+    }
+    let spec = LabSpec {
+        id: Some(CLI_LAB.into()),
+        campuses,
+        witness,
+        persistent: true,
+        ..LabSpec::default()
+    };
+    eprintln!("building {campuses} campuses (the first libvirtd answer takes about 10 s)…");
+    let mut lab = Lab::up(&spec)?;
+    if !no_vm {
+        if let Err(e) = boot_lms(&mut lab, &VmSpec::default()) {
+            lab.teardown();
+            return Err(e);
+        }
+    }
+    print!("{}", lab.status());
+    lab.detach();
+    Ok(())
+}
+
+fn down() -> Result<()> {
+    let runs = run::all_runs();
+    for r in &runs {
+        let problems = r.teardown();
+        println!("removed lab {}", r.manifest.id);
+        for p in problems {
+            println!("  problem: {p}");
+        }
+    }
+    for what in run::reap_stale() {
+        println!("removed {what}");
+    }
+    if runs.is_empty() {
+        println!("no lab was up");
+    }
+    Ok(())
+}
+
+fn migrate(to: Option<String>) -> Result<()> {
+    let mut lab = Lab::open(CLI_LAB)?;
+    let vm = VmSpec::default();
+    let from = lab
+        .where_running(&vm.name)?
+        .context("the LMS guest is not running anywhere")?;
+    let to = match to {
+        Some(t) => t,
+        None => lab
+            .topo
+            .campuses
+            .iter()
+            .find(|c| c.name != from)
+            .map(|c| c.name.clone())
+            .context("the lab has only one campus")?,
+    };
+    let m = lab.migrate_vm(&vm.name, &from, &to)?;
+    println!(
+        "migrated {} from {} to {} in {:.2} s",
+        vm.name,
+        m.from,
+        m.to,
+        m.wall.as_secs_f64()
+    );
+    print!("{}", m.job_info);
+    lab.detach();
+    Ok(())
+}
+
+/// Boots the LMS guest at campus A and waits until the client gets HTTP 200.
+fn boot_lms(lab: &mut Lab, vm: &VmSpec) -> Result<Duration> {
+    eprintln!("preparing the guest image (cached after the first build)…");
+    let image = guest::ensure()?;
+    let start = Instant::now();
+    lab.start_vm("a", vm, &image)?;
+    lab.wait_http(&vm.url(), Duration::from_secs(90))
+        .with_context(|| {
+            format!(
+                "the guest never answered; its console:\n{}",
+                lab.console_tail("a", &vm.name)
+            )
+        })?;
+    Ok(start.elapsed())
+}
+
+fn interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+fn watch(probe: &Probe, seconds: u64, label: &str) -> Result<()> {
+    for _ in 0..seconds {
+        std::thread::sleep(Duration::from_secs(1));
+        interrupted()?;
+        let (ok, failed) = probe.counts();
+        println!("  [{label}] probe: {ok} ok, {failed} failed");
+    }
+    Ok(())
+}
+
+fn demo(probe_json: Option<std::path::PathBuf>) -> Result<()> {
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    println!("hinan demo: two campuses, one LMS guest, a live migration under a client probe\n");
+    println!("step 1: building campus A and campus B (namespaces, Open vSwitch, libvirtd each)…");
+    let t = Instant::now();
+    let mut lab = Lab::up(&LabSpec::default())?;
+    println!("  done in {:.1} s", t.elapsed().as_secs_f64());
+    print!("{}", lab.status());
+    interrupted()?;
+
+    let vm = VmSpec::default();
+    println!(
+        "\nstep 2: booting the LMS guest {} ({}) at campus A…",
+        vm.name, vm.ip
+    );
+    let boot = boot_lms(&mut lab, &vm)?;
+    println!(
+        "  answering HTTP {:.1} s after `virsh start`",
+        boot.as_secs_f64()
+    );
+    interrupted()?;
+
+    println!(
+        "\nstep 3: the client probes {} every 50 ms (through campus A's edge)",
+        vm.url()
+    );
+    let probe = Probe::start(&lab.topo.client.ns, ProbeSpec::new(&vm.url()))?;
+    watch(&probe, 3, "before")?;
+
+    println!(
+        "\nstep 4: live migration A -> B with libvirt (stream over the WAN to {})…",
+        lab.campus("b")?.public_ip
+    );
+    let m = lab.migrate_vm(&vm.name, "a", "b")?;
+    println!("  migration finished in {:.2} s", m.wall.as_secs_f64());
+    for line in m.job_info.lines().filter(|l| {
+        l.contains("downtime") || l.contains("Time elapsed") || l.contains("Data processed")
+    }) {
+        println!(
+            "  {}",
+            line.split_whitespace().collect::<Vec<_>>().join(" ")
+        );
+    }
+    watch(&probe, 3, "after")?;
+    let report = probe.stop()?;
+
+    println!("\nstep 5: result");
+    let at_a = lab.campus("a")?.domstate(&vm.name)?;
+    let at_b = lab.campus("b")?.domstate(&vm.name)?;
+    println!(
+        "  libvirtd at A reports: {}",
+        at_a.as_deref().unwrap_or("not defined")
+    );
+    println!(
+        "  libvirtd at B reports: {}",
+        at_b.as_deref().unwrap_or("not defined")
+    );
+    println!("  probe: {}", report.summary());
+    println!(
+        "  longest outage: {:.0} ms, failed requests: {}",
+        report.longest_outage_ms, report.failed
+    );
+    if let Some(path) = probe_json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
+        println!("  full probe report: {}", path.display());
+    }
+
+    println!("\nstep 6: tearing the lab down");
+    let footprint = lab.footprint();
+    let mut problems = lab.teardown();
+    problems.extend(footprint.leftovers());
+    if !problems.is_empty() {
+        bail!("clean-up problems: {}", problems.join("; "));
+    }
+    println!(
+        "  removed {} namespaces and their bridges, {} daemons and VMs (checked: none is left)",
+        footprint.namespaces.len(),
+        footprint.processes.len()
+    );
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// `Total downtime: 148 ms` from `virsh domjobinfo --completed`.
+fn downtime_ms(job_info: &str) -> Option<f64> {
+    job_info
+        .lines()
+        .find(|l| l.trim_start().starts_with("Total downtime:"))?
+        .split_whitespace()
+        .nth(2)?
+        .parse()
+        .ok()
+}
+
+fn bench_migration(runs: usize) -> Result<()> {
+    let mut lab = Lab::up(&LabSpec::default())?;
+    let vm = VmSpec::default();
+    boot_lms(&mut lab, &vm)?;
+    println!("run  from->to  wall_s  qemu_downtime_ms  probe_longest_outage_ms  probe_failed");
+    let (mut wall, mut down, mut outage, mut failed) = (vec![], vec![], vec![], vec![]);
+    for i in 0..runs {
+        let (from, to) = if i % 2 == 0 { ("a", "b") } else { ("b", "a") };
+        let probe = Probe::start(&lab.topo.client.ns, ProbeSpec::new(&vm.url()))?;
+        std::thread::sleep(Duration::from_secs(1));
+        let m = lab.migrate_vm(&vm.name, from, to)?;
+        std::thread::sleep(Duration::from_secs(2));
+        let r = probe.stop()?;
+        let d = downtime_ms(&m.job_info).unwrap_or(f64::NAN);
+        println!(
+            "{:>3}  {from}->{to}      {:>6.2}  {:>16.0}  {:>23.0}  {:>12}",
+            i + 1,
+            m.wall.as_secs_f64(),
+            d,
+            r.longest_outage_ms,
+            r.failed
+        );
+        wall.push(m.wall.as_secs_f64());
+        down.push(d);
+        outage.push(r.longest_outage_ms);
+        failed.push(r.failed as f64);
+    }
+    println!(
+        "median over {runs} runs: wall {:.2} s, QEMU downtime {:.0} ms, probe longest outage {:.0} ms, failed probes {:.0}",
+        median(wall),
+        median(down),
+        median(outage),
+        median(failed)
+    );
+    let problems = lab.teardown();
+    if !problems.is_empty() {
+        bail!("clean-up problems: {}", problems.join("; "));
+    }
+    Ok(())
+}

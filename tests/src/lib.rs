@@ -1,0 +1,24 @@
+//! The hinan lab: real campuses on one machine, built from network namespaces,
+//! Open vSwitch (userspace datapath), one libvirtd per campus, a tiny KVM/TCG
+//! guest, a WAN with impairments, and a client probe. Used by the end-to-end
+//! tests, the benchmarks and the `hinan-lab` CLI.
+//!
+//! Everything a lab creates is recorded in its run directory and removed when
+//! the [`Lab`] is dropped, by `hinan-lab down`, or by the next lab that starts
+//! after a crash. Processes are stopped by recorded PID and start time only.
+
+pub mod delay;
+pub mod guest;
+pub mod lab;
+pub mod netns;
+pub mod probe;
+pub mod procs;
+pub mod run;
+pub mod sys;
+pub mod vm;
+pub mod wan;
+
+pub use lab::{Campus, Lab, LabSpec, Topology};
+pub use probe::{Probe, ProbeReport, ProbeSpec};
+pub use vm::VmSpec;
+pub use wan::{LinkImpairment, WanState};

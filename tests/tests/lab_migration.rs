@@ -1,0 +1,106 @@
+//! The foundation's end-to-end test: the LMS guest boots at campus A, a client
+//! probes it every 50 ms, libvirt live-migrates it to campus B, and the users'
+//! view stays up. Needs root, Open vSwitch and libvirt (installed by `make test`).
+
+use std::time::Duration;
+
+use hinan_lab::probe::http_get;
+use hinan_lab::{guest, Lab, LabSpec, Probe, ProbeSpec, VmSpec};
+
+fn info(lab: &Lab, vm: &VmSpec) -> String {
+    let (status, body) = http_get(
+        &lab.topo.client.ns,
+        &format!("http://{}/cgi-bin/info", vm.ip),
+        Duration::from_secs(3),
+    )
+    .expect("GET /cgi-bin/info");
+    assert_eq!(status, 200, "GET /cgi-bin/info answered {status}: {body}");
+    body.split_whitespace()
+        .find_map(|kv| kv.strip_prefix("bootid="))
+        .expect("info names the boot id")
+        .to_string()
+}
+
+#[test]
+fn live_migration_a_to_b_keeps_the_lms_answering() {
+    let image = guest::ensure().expect("the guest image builds");
+    let mut lab = Lab::up(&LabSpec::default()).expect("the lab comes up");
+    let vm = VmSpec::default();
+    lab.start_vm("a", &vm, &image)
+        .expect("the guest starts at A");
+    if let Err(e) = lab.wait_http(&vm.url(), Duration::from_secs(90)) {
+        panic!("{e:#}\nconsole at A:\n{}", lab.console_tail("a", &vm.name));
+    }
+
+    // Before: the VM answers, from campus A.
+    let boot_before = info(&lab, &vm);
+    assert_eq!(lab.where_running(&vm.name).unwrap().as_deref(), Some("a"));
+
+    let probe = Probe::start(&lab.topo.client.ns, ProbeSpec::new(&vm.url())).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let migration = lab
+        .migrate_vm(&vm.name, "a", "b")
+        .expect("live migration A -> B");
+    std::thread::sleep(Duration::from_secs(2));
+    let report = probe.stop().unwrap();
+    eprintln!(
+        "migration took {:.2} s; probe: {}",
+        migration.wall.as_secs_f64(),
+        report.summary()
+    );
+
+    // After: libvirt at B runs it, libvirt at A no longer does.
+    let b = lab.campus("b").unwrap().domstate(&vm.name).unwrap();
+    let a = lab.campus("a").unwrap().domstate(&vm.name).unwrap();
+    assert_eq!(b.as_deref(), Some("running"), "libvirtd at B reports {b:?}");
+    assert_ne!(
+        a.as_deref(),
+        Some("running"),
+        "libvirtd at A still runs the VM"
+    );
+
+    // The same guest answers (a live migration, not a reboot).
+    assert_eq!(
+        info(&lab, &vm),
+        boot_before,
+        "the guest rebooted instead of moving"
+    );
+
+    // Users saw at most a short outage.
+    assert!(
+        report.sent >= 60,
+        "the probe sent only {} requests",
+        report.sent
+    );
+    assert!(
+        report.ok > report.sent / 2,
+        "most probes failed: {}",
+        report.summary()
+    );
+    assert!(
+        report.timeline.last().unwrap().ok,
+        "the last probe failed: {}",
+        report.summary()
+    );
+    assert!(
+        report.longest_outage_ms < 2000.0,
+        "longest outage {:.0} ms is not under 2 s: {}",
+        report.longest_outage_ms,
+        report.summary()
+    );
+
+    // Nothing of the lab is left afterwards.
+    let footprint = lab.footprint();
+    assert!(
+        footprint
+            .processes
+            .iter()
+            .any(|p| p.role.starts_with("b/qemu")),
+        "the destination QEMU was not recorded: {:?}",
+        footprint.processes
+    );
+    let problems = lab.teardown();
+    assert!(problems.is_empty(), "teardown problems: {problems:?}");
+    let left = footprint.leftovers();
+    assert!(left.is_empty(), "left after teardown: {left:?}");
+}
