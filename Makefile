@@ -10,7 +10,11 @@ LAB := ./target/debug/hinan-lab
 test:
 	bash .ci/deps.sh test
 	$(CARGO) build --workspace --all-targets
-	$(CARGO) test --workspace --no-fail-fast
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace --config-file .ci/nextest.toml; \
+	else \
+		$(CARGO) test --workspace --no-fail-fast; \
+	fi
 
 demo:
 	bash .ci/deps.sh demo

@@ -178,10 +178,18 @@ pub fn all_runs() -> Vec<RunDir> {
         }
         match RunDir::open(&path) {
             Ok(run) => runs.push(run),
-            // A directory without a manifest is left from a run that crashed
-            // before writing one: it owns nothing but the directory.
+            // A directory without a manifest is being created right now, or is
+            // left from a run that crashed before writing one (and then owns
+            // nothing but the directory): remove it once it is a minute old.
             Err(_) => {
-                let _ = fs::remove_dir_all(&path);
+                let old = fs::metadata(&path)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > Duration::from_secs(60));
+                if old {
+                    let _ = fs::remove_dir_all(&path);
+                }
             }
         }
     }
