@@ -2,5 +2,12 @@
 //! detection, service monitors), alert intake, the evacuation planner, the
 //! libvirt executor, fencing and the operator API.
 //!
-//! The cluster issue fills this crate; for now it only carries the `hinan`
-//! binary's entry point.
+//! The cores here are sans-IO: [`replica::Replica`] (Raft plus the state
+//! machine) takes ticks and messages and returns what to send and apply. The
+//! `hinan` binary's shell drives them over sockets; the simulator in the tests
+//! drives the same code with virtual time.
+
+pub mod logstore;
+pub mod replica;
+pub mod sim;
+pub mod state;

@@ -1,0 +1,558 @@
+//! A deterministic simulator of an appliance cluster: virtual time, a seeded
+//! network that delays, loses, partitions and reorders messages, and crashes
+//! that keep only what was written to the log store. It drives the real
+//! [`Replica`] (raft-rs plus the state machine), not a model of it, and checks
+//! Raft's safety properties as it goes. A failing seed replays exactly.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+
+use raft::prelude::Message;
+
+use crate::logstore::LogStore;
+use crate::replica::{Output, ProposalId, Replica, ELECTION_TICKS, TICK};
+use crate::state::{Command, NodeId, Proposal};
+
+/// A small seeded PRNG (xorshift64*), so schedules replay without a rand crate.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    /// True with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+}
+
+/// A safety violation found by the simulator.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("seed {seed} at {at_ms} ms: {what}")]
+pub struct Violation {
+    pub seed: u64,
+    pub at_ms: u64,
+    pub what: String,
+}
+
+#[derive(Debug)]
+struct SimNode {
+    id: NodeId,
+    /// `None` while crashed.
+    replica: Option<Replica>,
+    /// What survives a crash.
+    store: LogStore,
+    incarnation: u64,
+    /// Ticks are staggered per node.
+    next_tick_ms: u64,
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct InFlight {
+    at_ms: u64,
+    seq: u64,
+    bytes: Vec<u8>,
+    from: NodeId,
+    to: NodeId,
+}
+
+/// A proposal the simulator made, and what became of it.
+#[derive(Debug, Clone)]
+struct Tracked {
+    node: NodeId,
+    incarnation: u64,
+    id: ProposalId,
+    text: String,
+    /// Proposed while `node` was on the minority side of partition number N.
+    from_minority: Option<u64>,
+    acknowledged: bool,
+}
+
+/// The cluster under simulation.
+#[derive(Debug)]
+pub struct Sim {
+    pub seed: u64,
+    rng: Rng,
+    now_ms: u64,
+    nodes: Vec<SimNode>,
+    net: BinaryHeap<Reverse<InFlight>>,
+    seq: u64,
+    /// Message loss probability.
+    pub loss: f64,
+    /// Groups that can talk among themselves; empty means no partition.
+    groups: Vec<BTreeSet<NodeId>>,
+    /// Leader seen per term.
+    leaders: BTreeMap<u64, NodeId>,
+    /// Data committed at each index, as first applied anywhere.
+    committed: BTreeMap<u64, String>,
+    proposals: Vec<Tracked>,
+    pub stats: SimStats,
+}
+
+/// What happened in a run (for the test's summary).
+#[derive(Debug, Clone, Default)]
+pub struct SimStats {
+    pub proposals: u64,
+    pub acknowledged: u64,
+    pub elections: u64,
+    pub crashes: u64,
+    pub partitions: u64,
+    pub delivered: u64,
+    pub dropped: u64,
+}
+
+impl Sim {
+    /// A cluster of `n` appliances (ids 1..=n), all voters.
+    pub fn new(seed: u64, n: usize) -> Sim {
+        let mut rng = Rng::new(seed);
+        let voters: Vec<NodeId> = (1..=n as u64).collect();
+        let nodes = voters
+            .iter()
+            .map(|&id| {
+                let store = LogStore::in_memory();
+                let replica = Self::boot(&mut rng, id, &voters, &store, 1);
+                SimNode {
+                    id,
+                    replica: Some(replica),
+                    store,
+                    incarnation: 1,
+                    next_tick_ms: rng.below(TICK.as_millis() as u64),
+                }
+            })
+            .collect();
+        Sim {
+            seed,
+            rng,
+            now_ms: 0,
+            nodes,
+            net: BinaryHeap::new(),
+            seq: 0,
+            loss: 0.0,
+            groups: Vec::new(),
+            leaders: BTreeMap::new(),
+            committed: BTreeMap::new(),
+            proposals: Vec::new(),
+            stats: SimStats::default(),
+        }
+    }
+
+    fn boot(
+        rng: &mut Rng,
+        id: NodeId,
+        voters: &[NodeId],
+        store: &LogStore,
+        incarnation: u64,
+    ) -> Replica {
+        let election = ELECTION_TICKS + rng.below(ELECTION_TICKS as u64) as usize;
+        Replica::new(id, voters, store.clone(), incarnation, election)
+            .unwrap_or_else(|e| panic!("replica {id} cannot start on its own store: {e}"))
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    pub fn replica(&self, id: NodeId) -> Option<&Replica> {
+        self.nodes.iter().find(|n| n.id == id)?.replica.as_ref()
+    }
+
+    fn violation(&self, what: String) -> Violation {
+        Violation {
+            seed: self.seed,
+            at_ms: self.now_ms,
+            what,
+        }
+    }
+
+    fn can_talk(&self, a: NodeId, b: NodeId) -> bool {
+        self.groups.is_empty() || self.groups.iter().any(|g| g.contains(&a) && g.contains(&b))
+    }
+
+    /// Whether `id` is on a side of the partition without a majority.
+    pub fn in_minority(&self, id: NodeId) -> bool {
+        if self.groups.is_empty() {
+            return false;
+        }
+        let n = self.nodes.len();
+        self.groups
+            .iter()
+            .find(|g| g.contains(&id))
+            .is_none_or(|g| g.len() * 2 <= n)
+    }
+
+    /// Splits the cluster into `groups` (nodes not named are alone).
+    pub fn partition(&mut self, groups: Vec<BTreeSet<NodeId>>) {
+        let mut groups = groups;
+        for id in self.ids() {
+            if !groups.iter().any(|g| g.contains(&id)) {
+                groups.push(BTreeSet::from([id]));
+            }
+        }
+        self.groups = groups;
+        self.stats.partitions += 1;
+    }
+
+    pub fn heal(&mut self) {
+        self.groups.clear();
+    }
+
+    /// Crashes `id`: everything not written to its log store is lost.
+    pub fn crash(&mut self, id: NodeId) {
+        if let Some(n) = self.nodes.iter_mut().find(|n| n.id == id) {
+            if n.replica.take().is_some() {
+                self.stats.crashes += 1;
+            }
+        }
+    }
+
+    /// Restarts a crashed node from its log store.
+    pub fn restart(&mut self, id: NodeId) {
+        let voters = self.ids();
+        let Some(i) = self.nodes.iter().position(|n| n.id == id) else {
+            return;
+        };
+        if self.nodes[i].replica.is_some() {
+            return;
+        }
+        self.nodes[i].incarnation += 1;
+        let (store, inc) = (self.nodes[i].store.clone(), self.nodes[i].incarnation);
+        let replica = Self::boot(&mut self.rng, id, &voters, &store, inc);
+        self.nodes[i].replica = Some(replica);
+    }
+
+    /// Proposes a note at `id`; returns whether the replica took it.
+    pub fn propose(&mut self, id: NodeId) -> bool {
+        let text = format!("n{id}-{}", self.stats.proposals);
+        let minority = self.in_minority(id);
+        let Some(i) = self.nodes.iter().position(|n| n.id == id) else {
+            return false;
+        };
+        let inc = self.nodes[i].incarnation;
+        let Some(r) = self.nodes[i].replica.as_mut() else {
+            return false;
+        };
+        let p = Proposal {
+            by: id,
+            at_unix_ms: 0,
+            command: Command::Note { text: text.clone() },
+        };
+        self.stats.proposals += 1;
+        match r.propose(&p) {
+            Ok((pid, out)) => {
+                self.proposals.push(Tracked {
+                    node: id,
+                    incarnation: inc,
+                    id: pid,
+                    text,
+                    from_minority: minority.then_some(self.stats.partitions),
+                    acknowledged: false,
+                });
+                let _ = self.handle(id, out);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Runs until virtual time `until_ms`, checking invariants.
+    pub fn run_until(&mut self, until_ms: u64) -> Result<(), Violation> {
+        while self.now_ms < until_ms {
+            let next_tick = self
+                .nodes
+                .iter()
+                .map(|n| n.next_tick_ms)
+                .min()
+                .unwrap_or(until_ms);
+            let next_msg = self
+                .net
+                .peek()
+                .map(|Reverse(m)| m.at_ms)
+                .unwrap_or(u64::MAX);
+            let t = next_tick.min(next_msg).min(until_ms);
+            self.now_ms = t;
+            if next_msg <= t {
+                let Reverse(m) = self.net.pop().expect("peeked");
+                self.deliver(m)?;
+            } else if next_tick <= t {
+                let i = self
+                    .nodes
+                    .iter()
+                    .position(|n| n.next_tick_ms == next_tick)
+                    .expect("found");
+                self.nodes[i].next_tick_ms += TICK.as_millis() as u64;
+                let id = self.nodes[i].id;
+                if let Some(r) = self.nodes[i].replica.as_mut() {
+                    let out = r.tick().map_err(|e| Violation {
+                        seed: self.seed,
+                        at_ms: t,
+                        what: format!("node {id}: {e}"),
+                    })?;
+                    self.handle(id, out)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn deliver(&mut self, m: InFlight) -> Result<(), Violation> {
+        if !self.can_talk(m.from, m.to) {
+            self.stats.dropped += 1;
+            return Ok(());
+        }
+        let Some(i) = self.nodes.iter().position(|n| n.id == m.to) else {
+            return Ok(());
+        };
+        let Some(r) = self.nodes[i].replica.as_mut() else {
+            self.stats.dropped += 1;
+            return Ok(());
+        };
+        let msg = crate::replica::decode_message(&m.bytes).map_err(|e| Violation {
+            seed: self.seed,
+            at_ms: self.now_ms,
+            what: format!("undecodable message: {e}"),
+        })?;
+        self.stats.delivered += 1;
+        let out = r.step(msg).map_err(|e| Violation {
+            seed: self.seed,
+            at_ms: self.now_ms,
+            what: format!("node {}: {e}", m.to),
+        })?;
+        self.handle(m.to, out)
+    }
+
+    fn handle(&mut self, id: NodeId, out: Output) -> Result<(), Violation> {
+        for msg in out.messages {
+            self.send(id, msg);
+        }
+        for change in &out.changes {
+            let Command::Note { text } = &change.command else {
+                continue;
+            };
+            match self.committed.get(&change.index) {
+                None => {
+                    self.committed.insert(change.index, text.clone());
+                }
+                Some(t) if t == text => {}
+                Some(t) => {
+                    return Err(self.violation(format!(
+                        "node {id} applied '{text}' at index {} where '{t}' was committed",
+                        change.index
+                    )))
+                }
+            }
+            if let Some(p) = self.proposals.iter().find(|p| &p.text == text) {
+                if !self.groups.is_empty() && p.from_minority == Some(self.stats.partitions) {
+                    return Err(self.violation(format!(
+                        "'{text}', proposed on the minority side, committed during the partition"
+                    )));
+                }
+            }
+        }
+        let inc = self
+            .nodes
+            .iter()
+            .find(|n| n.id == id)
+            .map(|n| n.incarnation);
+        for (pid, _index, _) in &out.completed {
+            if let Some(p) = self
+                .proposals
+                .iter_mut()
+                .find(|p| p.node == id && p.id == *pid && Some(p.incarnation) == inc)
+            {
+                if !p.acknowledged {
+                    p.acknowledged = true;
+                    self.stats.acknowledged += 1;
+                }
+            }
+        }
+        if let Some(r) = self
+            .nodes
+            .iter()
+            .find(|n| n.id == id)
+            .and_then(|n| n.replica.as_ref())
+        {
+            if r.is_leader() {
+                let term = r.status().term;
+                match self.leaders.get(&term) {
+                    None => {
+                        self.leaders.insert(term, id);
+                        self.stats.elections += 1;
+                    }
+                    Some(&other) if other == id => {}
+                    Some(&other) => {
+                        return Err(
+                            self.violation(format!("two leaders in term {term}: {other} and {id}"))
+                        )
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, from: NodeId, msg: Message) {
+        if self.rng.chance(self.loss) {
+            self.stats.dropped += 1;
+            return;
+        }
+        let to = msg.to;
+        let delay = 1 + self.rng.below(10);
+        self.seq += 1;
+        self.net.push(Reverse(InFlight {
+            at_ms: self.now_ms + delay,
+            seq: self.seq,
+            bytes: crate::replica::encode_message(&msg),
+            from,
+            to,
+        }));
+    }
+
+    /// The current leader that a majority follows, if any.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.replica.as_ref())
+            .find(|r| r.is_leader() && !self.in_minority(r.id()))
+            .map(Replica::id)
+    }
+
+    /// Checks that every running node has applied the same state, and that
+    /// every acknowledged proposal is in it.
+    pub fn check_converged(&self) -> Result<(), Violation> {
+        let running: Vec<&Replica> = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.replica.as_ref())
+            .collect();
+        let Some(first) = running.first() else {
+            return Err(self.violation("no node is running".into()));
+        };
+        for r in &running[1..] {
+            if r.state() != first.state() {
+                return Err(self.violation(format!(
+                    "nodes {} and {} differ after healing: applied {} vs {}",
+                    first.id(),
+                    r.id(),
+                    first.state().applied,
+                    r.state().applied
+                )));
+            }
+        }
+        let notes: BTreeSet<&str> = first
+            .state()
+            .audit
+            .iter()
+            .filter_map(|a| a.what.strip_prefix("note: "))
+            .collect();
+        for p in self.proposals.iter().filter(|p| p.acknowledged) {
+            if !notes.contains(p.text.as_str()) {
+                return Err(self.violation(format!("acknowledged proposal '{}' was lost", p.text)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs until every running node has applied the same index and the
+    /// leader's commit, or `limit_ms` passes.
+    pub fn settle(&mut self, limit_ms: u64) -> Result<(), Violation> {
+        let end = self.now_ms + limit_ms;
+        while self.now_ms < end {
+            let step = self.now_ms + 100;
+            self.run_until(step)?;
+            let running: Vec<&Replica> = self
+                .nodes
+                .iter()
+                .filter_map(|n| n.replica.as_ref())
+                .collect();
+            let Some(leader) = running.iter().find(|r| r.is_leader()) else {
+                continue;
+            };
+            let commit = leader.status().commit;
+            if running
+                .iter()
+                .all(|r| r.state().applied == commit && r.status().commit == commit)
+                && running.iter().all(|r| r.state() == leader.state())
+            {
+                return Ok(());
+            }
+        }
+        Err(self.violation(format!(
+            "the cluster did not converge within {limit_ms} ms after healing"
+        )))
+    }
+}
+
+/// One random schedule: proposals, partitions, loss, crashes and restarts for
+/// `duration_ms`, then healing and a convergence check.
+pub fn random_schedule(seed: u64, duration_ms: u64) -> Result<SimStats, Violation> {
+    let mut rng = Rng::new(seed ^ 0x5eed);
+    let n = if rng.chance(0.5) { 3 } else { 5 };
+    let mut sim = Sim::new(seed, n);
+    let ids = sim.ids();
+    while sim.now_ms() < duration_ms {
+        let step = sim.now_ms() + 100 + rng.below(400);
+        sim.run_until(step)?;
+        match rng.below(100) {
+            0..=49 => {
+                let id = ids[rng.below(n as u64) as usize];
+                sim.propose(id);
+            }
+            50..=59 => {
+                // A minority split off, or an even-ish random split.
+                let k = 1 + rng.below((n / 2) as u64) as usize;
+                let mut shuffled = ids.clone();
+                for i in (1..shuffled.len()).rev() {
+                    shuffled.swap(i, rng.below(i as u64 + 1) as usize);
+                }
+                let minority: BTreeSet<NodeId> = shuffled[..k].iter().copied().collect();
+                let majority: BTreeSet<NodeId> = shuffled[k..].iter().copied().collect();
+                sim.partition(vec![minority, majority]);
+            }
+            60..=66 => sim.heal(),
+            67..=71 => sim.loss = [0.0, 0.05, 0.2][rng.below(3) as usize],
+            72..=76 => {
+                let id = ids[rng.below(n as u64) as usize];
+                sim.crash(id);
+            }
+            77..=84 => {
+                let id = ids[rng.below(n as u64) as usize];
+                sim.restart(id);
+            }
+            _ => {}
+        }
+    }
+    sim.heal();
+    sim.loss = 0.0;
+    for id in ids.clone() {
+        sim.restart(id);
+    }
+    sim.settle(30_000)?;
+    // One more proposal must commit once healed.
+    let leader = sim
+        .leader()
+        .ok_or_else(|| sim.violation("no leader after healing".into()))?;
+    sim.propose(leader);
+    sim.settle(10_000)?;
+    sim.check_converged()?;
+    Ok(sim.stats.clone())
+}

@@ -1,0 +1,551 @@
+//! The replicated state: the one source of truth every appliance holds.
+//!
+//! It changes only through typed [`Command`]s that the Raft log has committed,
+//! applied in log order by [`ClusterState::apply`], a pure function. Reads are
+//! served from each appliance's applied copy. Reconcilers (DNS, NAT, flows)
+//! follow it through [`StateChange`]s on a watch stream.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// An appliance's Raft id (nonzero).
+pub type NodeId = u64;
+/// A campus (or the witness site), e.g. `a`.
+pub type SiteId = String;
+/// A VM's name, unique in the consortium, e.g. `lms1`.
+pub type VmId = String;
+
+/// A campus or a witness site.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Site {
+    pub id: SiteId,
+    /// Latitude and longitude (degrees), matched against alert areas.
+    pub location: Option<(f64, f64)>,
+    /// A witness votes and stores state but runs no dataplane.
+    pub witness: bool,
+}
+
+/// One hinan appliance, a voter in the Raft group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Appliance {
+    pub id: NodeId,
+    pub name: String,
+    pub site: SiteId,
+}
+
+/// A hypervisor host at a site.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Host {
+    pub name: String,
+    pub site: SiteId,
+    pub cpu_mhz: u64,
+    pub memory_mib: u64,
+}
+
+/// Where a VM's disk lives, which decides how it can be recovered elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StorageMode {
+    Shared,
+    Replicated,
+    Local,
+}
+
+/// A VM under hinan's care.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Vm {
+    pub id: VmId,
+    pub mac: String,
+    pub ip: String,
+    /// Lower is more important (moved first).
+    pub priority: u32,
+    pub site: SiteId,
+    pub host: String,
+    pub storage: StorageMode,
+}
+
+/// A published service: users reach `hostname` at the public address of the
+/// site where `vm` runs now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Service {
+    pub hostname: String,
+    pub vm: VmId,
+    pub ports: Vec<u16>,
+    pub public_address: BTreeMap<SiteId, String>,
+}
+
+/// Health of a site or a link as one appliance sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Health {
+    Up,
+    /// Some paths to it are down (a link fault).
+    Degraded,
+    /// Every path to it is down (a site fault).
+    Down,
+}
+
+/// An emergency alert as taken in (the alert issue fills in its details).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    pub id: String,
+    pub received_by: NodeId,
+    pub summary: String,
+}
+
+/// A stored evacuation plan (the planner issue fills in its details).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub id: String,
+    pub alert: Option<String>,
+    pub moves: Vec<PlannedMove>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlannedMove {
+    pub vm: VmId,
+    pub to_site: SiteId,
+    pub to_host: String,
+}
+
+/// Progress of one migration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Migration {
+    pub vm: VmId,
+    pub from_site: SiteId,
+    pub to_site: SiteId,
+    pub phase: String,
+}
+
+/// One line of the append-only audit log: what was decided, by whom, why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub index: u64,
+    pub at_unix_ms: u64,
+    pub by: NodeId,
+    pub what: String,
+}
+
+/// Every change to the state is one of these, proposed by an appliance and
+/// applied once the log commits it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Command {
+    PutSite(Site),
+    RemoveSite {
+        id: SiteId,
+    },
+    PutAppliance(Appliance),
+    RemoveAppliance {
+        id: NodeId,
+    },
+    PutHost(Host),
+    PutVm(Vm),
+    RemoveVm {
+        id: VmId,
+    },
+    /// The VM now runs at `site` on `host` (after a migration or a restart).
+    SetVmLocation {
+        vm: VmId,
+        site: SiteId,
+        host: String,
+    },
+    PutService(Service),
+    RemoveService {
+        hostname: String,
+    },
+    /// `observer` sees site `site` in `health`.
+    ReportSiteHealth {
+        observer: NodeId,
+        site: SiteId,
+        health: Health,
+    },
+    /// `observer` sees path `path` to appliance `peer` up or down.
+    ReportLinkHealth {
+        observer: NodeId,
+        peer: NodeId,
+        path: String,
+        up: bool,
+    },
+    /// The active watcher of `vm` declares it failed or recovered.
+    ReportVmHealth {
+        observer: NodeId,
+        vm: VmId,
+        ok: bool,
+        reason: String,
+    },
+    RecordAlert(Alert),
+    StorePlan(Plan),
+    UpdateMigration(Migration),
+    /// A free-form operator note for the audit log (also used by tests and benchmarks).
+    Note {
+        text: String,
+    },
+}
+
+/// Who proposed a command and when, carried beside it in the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub by: NodeId,
+    /// Wall-clock time at the proposer (for the audit log only; never for decisions).
+    pub at_unix_ms: u64,
+    pub command: Command,
+}
+
+/// Why a committed command changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejected {
+    #[error("unknown site '{0}'")]
+    UnknownSite(SiteId),
+    #[error("unknown VM '{0}'")]
+    UnknownVm(VmId),
+    #[error("unknown appliance {0}")]
+    UnknownAppliance(NodeId),
+    #[error("site '{0}' still has appliances, hosts or VMs")]
+    SiteInUse(SiteId),
+}
+
+/// One applied entry, for watchers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateChange {
+    pub index: u64,
+    pub by: NodeId,
+    pub command: Command,
+    /// `None` when applied; the reason when the command was rejected (state unchanged).
+    pub rejected: Option<String>,
+}
+
+/// The whole replicated state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// Log index of the last applied entry: the state's version.
+    pub applied: u64,
+    pub sites: BTreeMap<SiteId, Site>,
+    pub appliances: BTreeMap<NodeId, Appliance>,
+    pub hosts: BTreeMap<String, Host>,
+    pub vms: BTreeMap<VmId, Vm>,
+    pub services: BTreeMap<String, Service>,
+    /// (observer, site) → health.
+    pub site_health: BTreeMap<String, Health>,
+    /// (observer, peer, path) → up.
+    pub link_health: BTreeMap<String, bool>,
+    /// vm → (ok, reason, observer).
+    pub vm_health: BTreeMap<VmId, (bool, String, NodeId)>,
+    pub alerts: Vec<Alert>,
+    pub plans: BTreeMap<String, Plan>,
+    pub migrations: BTreeMap<VmId, Migration>,
+    pub audit: Vec<AuditEntry>,
+}
+
+impl ClusterState {
+    /// Applies committed entry `index`. Pure and deterministic: every appliance
+    /// applying the same log reaches the same state.
+    pub fn apply(&mut self, index: u64, p: &Proposal) -> StateChange {
+        let result = self.apply_command(p);
+        self.applied = index;
+        let what = match &result {
+            Ok(Some(text)) => Some(text.clone()),
+            Ok(None) => None,
+            Err(e) => Some(format!("rejected {}: {e}", command_name(&p.command))),
+        };
+        if let Some(what) = what {
+            self.audit.push(AuditEntry {
+                index,
+                at_unix_ms: p.at_unix_ms,
+                by: p.by,
+                what,
+            });
+        }
+        StateChange {
+            index,
+            by: p.by,
+            command: p.command.clone(),
+            rejected: result.err().map(|e| e.to_string()),
+        }
+    }
+
+    /// Applies one command; returns the audit text when it is a decision worth recording.
+    fn apply_command(&mut self, p: &Proposal) -> Result<Option<String>, Rejected> {
+        use Command::*;
+        match &p.command {
+            PutSite(s) => {
+                self.sites.insert(s.id.clone(), s.clone());
+                Ok(Some(format!("site {} configured", s.id)))
+            }
+            RemoveSite { id } => {
+                let used = self.appliances.values().any(|a| &a.site == id)
+                    || self.hosts.values().any(|h| &h.site == id)
+                    || self.vms.values().any(|v| &v.site == id);
+                if used {
+                    return Err(Rejected::SiteInUse(id.clone()));
+                }
+                self.sites
+                    .remove(id)
+                    .ok_or_else(|| Rejected::UnknownSite(id.clone()))?;
+                Ok(Some(format!("site {id} removed")))
+            }
+            PutAppliance(a) => {
+                self.need_site(&a.site)?;
+                self.appliances.insert(a.id, a.clone());
+                Ok(Some(format!(
+                    "appliance {} ({}) at site {}",
+                    a.id, a.name, a.site
+                )))
+            }
+            RemoveAppliance { id } => {
+                self.appliances
+                    .remove(id)
+                    .ok_or(Rejected::UnknownAppliance(*id))?;
+                Ok(Some(format!("appliance {id} removed")))
+            }
+            PutHost(h) => {
+                self.need_site(&h.site)?;
+                self.hosts.insert(h.name.clone(), h.clone());
+                Ok(None)
+            }
+            PutVm(v) => {
+                self.need_site(&v.site)?;
+                self.vms.insert(v.id.clone(), v.clone());
+                Ok(Some(format!("VM {} registered at site {}", v.id, v.site)))
+            }
+            RemoveVm { id } => {
+                self.vms
+                    .remove(id)
+                    .ok_or_else(|| Rejected::UnknownVm(id.clone()))?;
+                self.vm_health.remove(id);
+                self.migrations.remove(id);
+                Ok(Some(format!("VM {id} removed")))
+            }
+            SetVmLocation { vm, site, host } => {
+                self.need_site(site)?;
+                let v = self
+                    .vms
+                    .get_mut(vm)
+                    .ok_or_else(|| Rejected::UnknownVm(vm.clone()))?;
+                let from = std::mem::replace(&mut v.site, site.clone());
+                v.host = host.clone();
+                Ok(Some(format!(
+                    "VM {vm} now runs at site {site} on {host} (was at {from})"
+                )))
+            }
+            PutService(s) => {
+                if !self.vms.contains_key(&s.vm) {
+                    return Err(Rejected::UnknownVm(s.vm.clone()));
+                }
+                self.services.insert(s.hostname.clone(), s.clone());
+                Ok(None)
+            }
+            RemoveService { hostname } => {
+                self.services.remove(hostname);
+                Ok(None)
+            }
+            ReportSiteHealth {
+                observer,
+                site,
+                health,
+            } => {
+                self.need_site(site)?;
+                let key = format!("{observer}/{site}");
+                let old = self.site_health.insert(key, *health);
+                Ok((old != Some(*health))
+                    .then(|| format!("appliance {observer} sees site {site} {health:?}")))
+            }
+            ReportLinkHealth {
+                observer,
+                peer,
+                path,
+                up,
+            } => {
+                let key = format!("{observer}/{peer}/{path}");
+                let old = self.link_health.insert(key, *up);
+                Ok((old != Some(*up)).then(|| {
+                    format!(
+                        "appliance {observer} sees path {path} to appliance {peer} {}",
+                        if *up { "up" } else { "down" }
+                    )
+                }))
+            }
+            ReportVmHealth {
+                observer,
+                vm,
+                ok,
+                reason,
+            } => {
+                if !self.vms.contains_key(vm) {
+                    return Err(Rejected::UnknownVm(vm.clone()));
+                }
+                let old = self
+                    .vm_health
+                    .insert(vm.clone(), (*ok, reason.clone(), *observer));
+                Ok((old.map(|o| o.0) != Some(*ok)).then(|| {
+                    format!(
+                        "appliance {observer} declares VM {vm} {}: {reason}",
+                        if *ok { "recovered" } else { "failed" }
+                    )
+                }))
+            }
+            RecordAlert(a) => {
+                self.alerts.push(a.clone());
+                Ok(Some(format!(
+                    "alert {} received by {}: {}",
+                    a.id, a.received_by, a.summary
+                )))
+            }
+            StorePlan(plan) => {
+                self.plans.insert(plan.id.clone(), plan.clone());
+                Ok(Some(format!(
+                    "plan {} stored ({} moves)",
+                    plan.id,
+                    plan.moves.len()
+                )))
+            }
+            UpdateMigration(m) => {
+                self.migrations.insert(m.vm.clone(), m.clone());
+                Ok(Some(format!(
+                    "migration of {} {}→{}: {}",
+                    m.vm, m.from_site, m.to_site, m.phase
+                )))
+            }
+            Note { text } => Ok(Some(format!("note: {text}"))),
+        }
+    }
+
+    fn need_site(&self, site: &str) -> Result<(), Rejected> {
+        if self.sites.contains_key(site) {
+            Ok(())
+        } else {
+            Err(Rejected::UnknownSite(site.to_string()))
+        }
+    }
+
+    /// The health of `site` as `observer` last reported it.
+    pub fn site_health_seen_by(&self, observer: NodeId, site: &str) -> Option<Health> {
+        self.site_health.get(&format!("{observer}/{site}")).copied()
+    }
+}
+
+fn command_name(c: &Command) -> String {
+    serde_json::to_value(c)
+        .ok()
+        .and_then(|v| v.get("op").and_then(|o| o.as_str()).map(str::to_string))
+        .unwrap_or_else(|| "command".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(command: Command) -> Proposal {
+        Proposal {
+            by: 1,
+            at_unix_ms: 0,
+            command,
+        }
+    }
+
+    fn site(id: &str) -> Command {
+        Command::PutSite(Site {
+            id: id.into(),
+            location: None,
+            witness: false,
+        })
+    }
+
+    fn vm(id: &str, site: &str) -> Command {
+        Command::PutVm(Vm {
+            id: id.into(),
+            mac: "52:54:00:70:00:10".into(),
+            ip: "10.70.0.10".into(),
+            priority: 1,
+            site: site.into(),
+            host: "h1".into(),
+            storage: StorageMode::Shared,
+        })
+    }
+
+    #[test]
+    fn a_vm_moves_and_the_move_is_audited() {
+        let mut s = ClusterState::default();
+        s.apply(1, &p(site("a")));
+        s.apply(2, &p(site("b")));
+        s.apply(3, &p(vm("lms1", "a")));
+        let ch = s.apply(
+            4,
+            &p(Command::SetVmLocation {
+                vm: "lms1".into(),
+                site: "b".into(),
+                host: "h2".into(),
+            }),
+        );
+        assert_eq!(ch.rejected, None);
+        assert_eq!(s.vms["lms1"].site, "b");
+        assert_eq!(s.applied, 4);
+        assert!(s.audit.last().unwrap().what.contains("now runs at site b"));
+    }
+
+    #[test]
+    fn bad_commands_are_rejected_and_change_nothing_but_the_version() {
+        let mut s = ClusterState::default();
+        s.apply(1, &p(site("a")));
+        let before = s.vms.clone();
+        let ch = s.apply(2, &p(vm("lms1", "nowhere")));
+        assert_eq!(ch.rejected.as_deref(), Some("unknown site 'nowhere'"));
+        assert_eq!(s.vms, before);
+        assert_eq!(s.applied, 2);
+        let ch = s.apply(
+            3,
+            &p(Command::SetVmLocation {
+                vm: "x".into(),
+                site: "a".into(),
+                host: "h".into(),
+            }),
+        );
+        assert_eq!(ch.rejected.as_deref(), Some("unknown VM 'x'"));
+        s.apply(4, &p(vm("lms1", "a")));
+        let ch = s.apply(5, &p(Command::RemoveSite { id: "a".into() }));
+        assert!(ch.rejected.is_some(), "a site with a VM was removed");
+    }
+
+    #[test]
+    fn same_log_same_state() {
+        let log = [
+            site("a"),
+            site("b"),
+            vm("v1", "a"),
+            vm("v2", "b"),
+            Command::RemoveVm { id: "v1".into() },
+        ];
+        let run = || {
+            let mut s = ClusterState::default();
+            for (i, c) in log.iter().enumerate() {
+                s.apply(i as u64 + 1, &p(c.clone()));
+            }
+            serde_json::to_string(&s).unwrap()
+        };
+        assert_eq!(run(), run());
+    }
+
+    #[test]
+    fn health_reports_are_audited_only_when_they_change() {
+        let mut s = ClusterState::default();
+        s.apply(1, &p(site("a")));
+        let report = |h| {
+            p(Command::ReportSiteHealth {
+                observer: 2,
+                site: "a".into(),
+                health: h,
+            })
+        };
+        s.apply(2, &report(Health::Down));
+        s.apply(3, &report(Health::Down));
+        s.apply(4, &report(Health::Up));
+        let health_lines = s
+            .audit
+            .iter()
+            .filter(|a| a.what.contains("sees site a"))
+            .count();
+        assert_eq!(health_lines, 2);
+        assert_eq!(s.site_health_seen_by(2, "a"), Some(Health::Up));
+    }
+}
