@@ -7,7 +7,9 @@
 //! `hinan` binary's shell drives them over sockets; the simulator in the tests
 //! drives the same code with virtual time.
 
+pub mod config;
 pub mod logstore;
 pub mod replica;
 pub mod sim;
 pub mod state;
+pub mod tls;
