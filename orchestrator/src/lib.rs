@@ -8,6 +8,7 @@
 //! drives the same code with virtual time.
 
 pub mod config;
+pub mod detect;
 pub mod logstore;
 pub mod replica;
 pub mod sim;
