@@ -86,6 +86,13 @@ pub struct ClusterConfig {
     /// Missed heartbeats before a path is down. Default 12 (240 ms).
     #[serde(default = "default_multiplier")]
     pub detect_multiplier: u32,
+    /// A path that went down must be heard this long before it is up again;
+    /// the hold doubles on each flap within a minute. Default 1000 ms.
+    #[serde(default = "default_hold")]
+    pub damping_hold_ms: u64,
+    /// The longest hold. Default 32000 ms.
+    #[serde(default = "default_max_hold")]
+    pub damping_max_hold_ms: u64,
     /// This appliance's address on each heartbeat path, by path name.
     pub paths: BTreeMap<String, IpAddr>,
 }
@@ -111,6 +118,12 @@ fn default_interval() -> u64 {
 }
 fn default_multiplier() -> u32 {
     12
+}
+fn default_hold() -> u64 {
+    1000
+}
+fn default_max_hold() -> u64 {
+    32_000
 }
 
 impl Config {

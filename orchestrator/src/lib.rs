@@ -8,9 +8,11 @@
 //! drives the same code with virtual time.
 
 pub mod config;
+pub mod control;
 pub mod detect;
 pub mod logstore;
 pub mod replica;
 pub mod sim;
 pub mod state;
 pub mod tls;
+pub mod transport;

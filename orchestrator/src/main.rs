@@ -1,15 +1,147 @@
 //! The `hinan` appliance binary. A thin main: parsing and wiring only.
 
-use clap::Parser;
+mod appliance;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use hinan_orchestrator::config::Config;
+use hinan_orchestrator::control::{self, Request};
+use hinan_orchestrator::state::Command as StateCommand;
 
 /// hinan: network-layer failover appliance for campus private clouds.
 #[derive(Debug, Parser)]
 #[command(name = "hinan", version, about)]
-struct Cli {}
+struct Cli {
+    /// The appliance's configuration file.
+    #[arg(short, long, global = true, default_value = "/etc/hinan/hinan.toml")]
+    config: PathBuf,
+    /// Talk to this control socket instead of the one the configuration names.
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
 
-fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    anyhow::bail!(
-        "this build of hinan has no appliance services yet; see README.md for what the lab (`hinan-lab`) can do"
-    )
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the appliance.
+    Run,
+    /// Check the configuration file and explain what is wrong, with the line.
+    CheckConfig,
+    /// Make a self-signed certificate and key for an appliance; prints its pin.
+    Keygen {
+        /// The appliance's name.
+        #[arg(long)]
+        name: String,
+        /// Where to write NAME.crt and NAME.key.
+        #[arg(long, default_value = ".")]
+        out_dir: PathBuf,
+    },
+    /// Make a random shared heartbeat key (32 bytes) at FILE.
+    HeartbeatKey { file: PathBuf },
+    /// Raft status and how this appliance sees its peers.
+    Status,
+    /// The replicated state, as JSON.
+    State,
+    /// Failure-detection events seen by this appliance.
+    Events {
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+    },
+    /// Commit an operator note to the audit log (and report the commit latency).
+    Note { text: String },
+}
+
+fn socket_of(cli: &Cli) -> Result<PathBuf> {
+    if let Some(s) = &cli.socket {
+        return Ok(s.clone());
+    }
+    Ok(Config::load(&cli.config)?.appliance.control_socket)
+}
+
+fn call(socket: &Path, req: Request) -> Result<()> {
+    let v = control::call(socket, &req, Duration::from_secs(10))?;
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match &cli.command {
+        Cmd::Run => {
+            tracing_subscriber::fmt()
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .init();
+            let cfg = Config::load(&cli.config)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(appliance::run(cfg))
+        }
+        Cmd::CheckConfig => {
+            let cfg = Config::load(&cli.config)?;
+            println!(
+                "{}: appliance {} ({}) at site {}, {} peers, voters {:?}",
+                cli.config.display(),
+                cfg.appliance.id,
+                cfg.appliance.name,
+                cfg.appliance.site,
+                cfg.peers.len(),
+                cfg.voters()
+            );
+            Ok(())
+        }
+        Cmd::Keygen { name, out_dir } => {
+            let (cert, key, pin) = hinan_orchestrator::tls::keygen(name)?;
+            std::fs::create_dir_all(out_dir)?;
+            let cert_path = out_dir.join(format!("{name}.crt"));
+            let key_path = out_dir.join(format!("{name}.key"));
+            std::fs::write(&cert_path, cert)?;
+            write_private(&key_path, key.as_bytes())?;
+            println!("{pin}");
+            eprintln!(
+                "wrote {} and {}; give the pin above to the other appliances (cert_sha256)",
+                cert_path.display(),
+                key_path.display()
+            );
+            Ok(())
+        }
+        Cmd::HeartbeatKey { file } => {
+            let mut key = [0u8; 32];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+                .map_err(|_| anyhow::anyhow!("no randomness available"))?;
+            write_private(file, &key)
+        }
+        Cmd::Status => call(&socket_of(&cli)?, Request::Status),
+        Cmd::State => call(&socket_of(&cli)?, Request::State),
+        Cmd::Events { since } => call(&socket_of(&cli)?, Request::Events { since: *since }),
+        Cmd::Note { text } => call(
+            &socket_of(&cli)?,
+            Request::Propose {
+                command: StateCommand::Note { text: text.clone() },
+                timeout_ms: None,
+            },
+        ),
+    }
+}
+
+fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(data)?;
+    Ok(())
 }

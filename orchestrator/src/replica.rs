@@ -9,7 +9,7 @@
 //! loss and crashes, which an engine with its own async runtime and timers
 //! (openraft) would not without a runtime of its own.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use protobuf::Message as _;
 use raft::prelude::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message};
@@ -69,6 +69,10 @@ pub struct RaftStatus {
     pub commit: u64,
     pub applied: u64,
     pub voters: Vec<NodeId>,
+    /// On a leader: each voter's replication progress, `id:matched/next(state)`.
+    #[serde(default)]
+    pub progress: Vec<String>,
+    pub last_index: u64,
 }
 
 /// Context stored beside each proposed entry: who proposed it, which proposal.
@@ -88,8 +92,9 @@ pub struct Replica {
     store: LogStore,
     state: ClusterState,
     next_proposal: ProposalId,
-    /// Peers heard from within the last election timeout (for error messages).
-    recently_heard: BTreeSet<NodeId>,
+    /// Ticks so far, and the tick each peer was last heard at.
+    ticks: u64,
+    heard: BTreeMap<NodeId, u64>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -143,7 +148,8 @@ impl Replica {
             store,
             state: ClusterState::default(),
             next_proposal: 1,
-            recently_heard: BTreeSet::new(),
+            ticks: 0,
+            heard: BTreeMap::new(),
         })
     }
 
@@ -174,6 +180,20 @@ impl Replica {
             commit: r.raft_log.committed,
             applied: self.state.applied,
             voters: self.voters(),
+            progress: if r.state == StateRole::Leader {
+                r.prs()
+                    .iter()
+                    .map(|(id, p)| {
+                        format!(
+                            "{id}:{}/{}({:?},paused={})",
+                            p.matched, p.next_idx, p.state, p.paused
+                        )
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            last_index: r.raft_log.last_index(),
         }
     }
 
@@ -185,16 +205,14 @@ impl Replica {
 
     /// Advances Raft's clock by one tick ([`TICK`]).
     pub fn tick(&mut self) -> Result<Output, LogStoreError> {
-        if self.node.tick() {
-            // An election timeout elapsed: forget whom we heard from before it.
-            self.recently_heard.clear();
-        }
+        self.ticks += 1;
+        self.node.tick();
         self.drain()
     }
 
     /// Takes a Raft message from a peer.
     pub fn step(&mut self, msg: Message) -> Result<Output, LogStoreError> {
-        self.recently_heard.insert(msg.from);
+        self.heard.insert(msg.from, self.ticks);
         // A message for another node or an old incarnation is simply ignored by raft-rs.
         let _ = self.node.step(msg);
         self.drain()
@@ -203,7 +221,7 @@ impl Replica {
     /// Proposes a command; it completes (in some later [`Output::completed`])
     /// once committed and applied, or never if leadership is lost meanwhile.
     pub fn propose(&mut self, proposal: &Proposal) -> Result<(ProposalId, Output), ProposeError> {
-        if self.node.raft.leader_id == 0 {
+        if !self.leader_reachable() {
             return Err(self.no_leader());
         }
         let id = self.next_proposal;
@@ -228,7 +246,7 @@ impl Replica {
 
     /// Proposes adding (`add`) or removing a voter.
     pub fn propose_membership(&mut self, node: NodeId, add: bool) -> Result<Output, ProposeError> {
-        if self.node.raft.leader_id == 0 {
+        if !self.leader_reachable() {
             return Err(self.no_leader());
         }
         let mut cc = ConfChange::default();
@@ -245,12 +263,26 @@ impl Replica {
             .map_err(|e| ProposeError::Storage(e.to_string()))
     }
 
+    /// Whether `peer` was heard from within the last election timeout.
+    fn heard_recently(&self, peer: NodeId) -> bool {
+        peer == self.id
+            || self
+                .heard
+                .get(&peer)
+                .is_some_and(|&t| self.ticks.saturating_sub(t) <= ELECTION_TICKS as u64)
+    }
+
+    /// A follower forwards proposals to its leader only while it hears from
+    /// it: a proposal queued toward an unreachable leader could otherwise
+    /// commit long after its caller was told it failed.
+    fn leader_reachable(&self) -> bool {
+        let leader = self.node.raft.leader_id;
+        leader != 0 && self.heard_recently(leader)
+    }
+
     fn no_leader(&self) -> ProposeError {
         let voters = self.voters();
-        let reachable = voters
-            .iter()
-            .filter(|v| **v == self.id || self.recently_heard.contains(v))
-            .count();
+        let reachable = voters.iter().filter(|v| self.heard_recently(**v)).count();
         ProposeError::NoLeader {
             me: self.id,
             reachable,

@@ -252,6 +252,7 @@ impl Sim {
             return false;
         };
         let p = Proposal {
+            request: None,
             by: id,
             at_unix_ms: 0,
             command: Command::Note { text: text.clone() },

@@ -191,7 +191,14 @@ pub struct Proposal {
     /// Wall-clock time at the proposer (for the audit log only; never for decisions).
     pub at_unix_ms: u64,
     pub command: Command,
+    /// A client's id for this request. A request proposed again (after a
+    /// leader change lost the first try) is applied once only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
 }
+
+/// How many request ids the state remembers to drop duplicates.
+const REMEMBERED_REQUESTS: usize = 10_000;
 
 /// Why a committed command changed nothing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -236,12 +243,30 @@ pub struct ClusterState {
     pub plans: BTreeMap<String, Plan>,
     pub migrations: BTreeMap<VmId, Migration>,
     pub audit: Vec<AuditEntry>,
+    /// Request ids applied lately, oldest first.
+    #[serde(default)]
+    pub recent_requests: std::collections::VecDeque<String>,
 }
 
 impl ClusterState {
     /// Applies committed entry `index`. Pure and deterministic: every appliance
     /// applying the same log reaches the same state.
     pub fn apply(&mut self, index: u64, p: &Proposal) -> StateChange {
+        if let Some(req) = &p.request {
+            if self.recent_requests.contains(req) {
+                self.applied = index;
+                return StateChange {
+                    index,
+                    by: p.by,
+                    command: p.command.clone(),
+                    rejected: None,
+                };
+            }
+            self.recent_requests.push_back(req.clone());
+            if self.recent_requests.len() > REMEMBERED_REQUESTS {
+                self.recent_requests.pop_front();
+            }
+        }
         let result = self.apply_command(p);
         self.applied = index;
         let what = match &result {
@@ -441,6 +466,7 @@ mod tests {
             by: 1,
             at_unix_ms: 0,
             command,
+            request: None,
         }
     }
 
@@ -524,6 +550,21 @@ mod tests {
             serde_json::to_string(&s).unwrap()
         };
         assert_eq!(run(), run());
+    }
+
+    #[test]
+    fn a_request_proposed_twice_applies_once() {
+        let mut s = ClusterState::default();
+        let note = Proposal {
+            by: 1,
+            at_unix_ms: 0,
+            command: Command::Note { text: "x".into() },
+            request: Some("1-7".into()),
+        };
+        s.apply(1, &note);
+        s.apply(2, &note);
+        assert_eq!(s.audit.iter().filter(|a| a.what == "note: x").count(), 1);
+        assert_eq!(s.applied, 2);
     }
 
     #[test]

@@ -154,3 +154,47 @@ fn a_seed_replays_exactly() {
         )
     );
 }
+
+#[test]
+fn a_follower_forwards_proposals_after_a_partition_and_a_crash() {
+    for seed in 0..20 {
+        let mut sim = Sim::new(100 + seed, 3);
+        sim.run_until(3_000).unwrap();
+        let old = sim.leader().expect("a leader");
+        let others: Vec<u64> = sim.ids().into_iter().filter(|&i| i != old).collect();
+        sim.partition(vec![
+            BTreeSet::from([old]),
+            others.iter().copied().collect(),
+        ]);
+        sim.propose(old);
+        sim.run_until(6_000).unwrap();
+        let new = sim.leader().expect("a new leader");
+        sim.propose(new);
+        sim.run_until(7_000).unwrap();
+        sim.heal();
+        sim.settle(10_000).unwrap();
+        let leader = sim.leader().unwrap();
+        let victim = sim
+            .ids()
+            .into_iter()
+            .find(|&i| i != leader && i != old)
+            .unwrap_or(others[0]);
+        if victim == leader {
+            continue;
+        }
+        sim.crash(victim);
+        let proposer = if old != leader {
+            old
+        } else {
+            sim.ids()
+                .into_iter()
+                .find(|&i| i != leader && i != victim)
+                .unwrap()
+        };
+        let before = sim.replica(proposer).unwrap().state().applied;
+        assert!(sim.propose(proposer), "seed {seed}: the follower refused");
+        sim.run_until(sim.now_ms() + 2_000).unwrap();
+        let after = sim.replica(proposer).unwrap().state().applied;
+        assert!(after > before, "seed {seed}: a forwarded proposal did not commit with 2 of 3 up (leader {leader}, proposer {proposer}, crashed {victim})");
+    }
+}

@@ -293,7 +293,7 @@ impl Lab {
         all
     }
 
-    pub(crate) fn record(&mut self, rec: ProcRecord) -> Result<()> {
+    pub fn record(&mut self, rec: ProcRecord) -> Result<()> {
         self.run.add_process(rec)
     }
 

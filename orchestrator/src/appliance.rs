@@ -1,0 +1,618 @@
+//! The appliance's shell: sockets, timers and the control socket around the
+//! sans-IO cores (the Raft replica and the failure detector). One task owns
+//! the cores; everything else talks to it through channels.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use hinan_orchestrator::config::Config;
+use hinan_orchestrator::control::{
+    EventRecord, PeerView, ProposeReply, Request, Response, StatusReply,
+};
+use hinan_orchestrator::detect::wire::{HeartbeatPacket, HeartbeatRepr, PACKET_LEN};
+use hinan_orchestrator::detect::{
+    Damping, Detector, DetectorConfig, DetectorEvent, PathId, PeerHealth,
+};
+use hinan_orchestrator::logstore::LogStore;
+use hinan_orchestrator::replica::{Output, ProposalId, Replica, ELECTION_TICKS, TICK};
+use hinan_orchestrator::state::{Command, Health, NodeId, Proposal};
+use hinan_orchestrator::tls::{self, Identity};
+use hinan_orchestrator::transport::{self, Transport};
+use raft::prelude::Message;
+use ring::hmac;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UdpSocket, UnixListener};
+use tokio::sync::{mpsc, oneshot};
+
+/// Events kept for `Events` requests.
+const EVENT_LOG: usize = 10_000;
+/// How long a health report may stay uncommitted before it is proposed again.
+const REPROPOSE: Duration = Duration::from_secs(2);
+
+fn unix_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+struct Heard {
+    peer: NodeId,
+    path: PathId,
+    seq: u64,
+}
+
+struct ControlCall {
+    req: Request,
+    reply: oneshot::Sender<Response>,
+}
+
+struct Waiter {
+    reply: oneshot::Sender<Response>,
+    start: Instant,
+    deadline: Instant,
+    /// Proposed again as is when leadership changes before it commits.
+    proposal: Proposal,
+    /// (term, leader) when last proposed.
+    under: (u64, Option<NodeId>),
+}
+
+struct PendingReport {
+    command: Command,
+    proposal: Option<(ProposalId, Instant)>,
+}
+
+/// Runs the appliance until it is killed.
+pub async fn run(cfg: Config) -> Result<()> {
+    let me = cfg.appliance.id;
+    let identity = Identity::load(&cfg.cluster.cert, &cfg.cluster.key)?;
+    let secret = std::fs::read(&cfg.cluster.heartbeat_key).with_context(|| {
+        format!(
+            "reading the heartbeat key {}",
+            cfg.cluster.heartbeat_key.display()
+        )
+    })?;
+    if secret.len() < 16 {
+        bail!(
+            "the heartbeat key {} is shorter than 16 bytes",
+            cfg.cluster.heartbeat_key.display()
+        );
+    }
+    let key = hmac::Key::new(hmac::HMAC_SHA256, &secret);
+    std::fs::create_dir_all(&cfg.appliance.data_dir)
+        .with_context(|| format!("creating {}", cfg.appliance.data_dir.display()))?;
+    let store = LogStore::open(&cfg.appliance.data_dir.join("raft.redb"))?;
+    let incarnation = unix_us();
+    let election = ELECTION_TICKS + (incarnation ^ me.wrapping_mul(7919)) as usize % ELECTION_TICKS;
+    let mut replica = Replica::new(me, &cfg.voters(), store, incarnation, election)?;
+
+    // Raft transport.
+    let mut peers = Vec::new();
+    for p in &cfg.peers {
+        let pin = tls::parse_pin(&p.cert_sha256).context("pin checked by the config")?;
+        peers.push(transport::Peer {
+            id: p.id,
+            address: p.address,
+            pin,
+        });
+    }
+    let (raft_tx, mut raft_rx) = mpsc::channel::<Message>(4096);
+    let net = Transport::start(me, cfg.cluster.listen, &identity, &peers, raft_tx)
+        .await
+        .with_context(|| format!("listening for the cluster on {}", cfg.cluster.listen))?;
+
+    // Heartbeat paths: a path's wire id is its index among all path names.
+    let path_names = cfg.path_names();
+    let path_id = |name: &str| PathId(path_names.iter().position(|n| n == name).unwrap_or(0) as u8);
+    let port = cfg.cluster.heartbeat_port;
+    let (heard_tx, mut heard_rx) = mpsc::channel::<Heard>(4096);
+    let mut sockets: BTreeMap<PathId, Arc<UdpSocket>> = BTreeMap::new();
+    // (peer, path) → the peer's address on that path.
+    let mut peer_addr: BTreeMap<(NodeId, PathId), SocketAddr> = BTreeMap::new();
+    for p in &cfg.peers {
+        for (name, ip) in &p.paths {
+            if cfg.cluster.paths.contains_key(name) {
+                peer_addr.insert((p.id, path_id(name)), SocketAddr::new(*ip, port));
+            }
+        }
+    }
+    for (name, ip) in &cfg.cluster.paths {
+        let sock = UdpSocket::bind(SocketAddr::new(*ip, port))
+            .await
+            .with_context(|| format!("binding heartbeat path {name} on {ip}:{port}"))?;
+        let sock = Arc::new(sock);
+        sockets.insert(path_id(name), sock.clone());
+        tokio::spawn(receive_heartbeats(
+            sock,
+            me,
+            key.clone(),
+            peer_addr.clone(),
+            heard_tx.clone(),
+        ));
+    }
+
+    let origin = Instant::now();
+    let dcfg = DetectorConfig {
+        interval: Duration::from_millis(cfg.cluster.detect_interval_ms),
+        multiplier: cfg.cluster.detect_multiplier,
+        damping: Damping {
+            initial_hold: Duration::from_millis(cfg.cluster.damping_hold_ms),
+            max_hold: Duration::from_millis(cfg.cluster.damping_max_hold_ms),
+            ..Damping::default()
+        },
+    };
+    dcfg.validate().context("detector settings")?;
+    let mut detector = Detector::new(dcfg, me);
+    for p in &cfg.peers {
+        let paths: Vec<PathId> = p
+            .paths
+            .keys()
+            .filter(|n| cfg.cluster.paths.contains_key(*n))
+            .map(|n| path_id(n))
+            .collect();
+        detector.add_peer(p.id, &paths, origin.elapsed());
+    }
+
+    // Control socket.
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlCall>(64);
+    let sock_path = &cfg.appliance.control_socket;
+    if let Some(dir) = sock_path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(sock_path);
+    let listener = UnixListener::bind(sock_path)
+        .with_context(|| format!("binding the control socket {}", sock_path.display()))?;
+    tokio::spawn(serve_control(listener, ctl_tx));
+
+    tracing::info!(id = me, name = %cfg.appliance.name, "appliance running");
+    let mut shell = Shell {
+        cfg: &cfg,
+        me,
+        net,
+        waiters: HashMap::new(),
+        events: VecDeque::new(),
+        event_seq: 0,
+        pending: BTreeMap::new(),
+        last_seq: HashMap::new(),
+        hb_seq: 0,
+        path_names: path_names.clone(),
+        incarnation,
+        requests: 0,
+    };
+    let mut raft_tick = tokio::time::interval(TICK);
+    raft_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut hb_tick = tokio::time::interval(Duration::from_millis(cfg.cluster.detect_interval_ms));
+    hb_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut buf = vec![0u8; PACKET_LEN];
+    loop {
+        let deadline = detector
+            .next_deadline()
+            .map(|d| tokio::time::Instant::from_std(origin + d))
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(1));
+        tokio::select! {
+            _ = raft_tick.tick() => {
+                let out = replica.tick()?;
+                shell.handle(&mut replica, out);
+                shell.repropose(&mut replica);
+                shell.retry_waiters(&mut replica);
+                shell.expire_waiters(&replica);
+            }
+            _ = hb_tick.tick() => {
+                let now = origin.elapsed();
+                if detector.heartbeats_due(now) {
+                    shell.hb_seq += 1;
+                    for (peer, path) in detector.paths().collect::<Vec<_>>() {
+                        let (Some(sock), Some(to)) = (sockets.get(&path), peer_addr.get(&(peer, path))) else { continue };
+                        let repr: HeartbeatRepr = detector.heartbeat(peer, path, shell.hb_seq);
+                        let mut pkt = HeartbeatPacket::new_unchecked(&mut buf[..]);
+                        repr.emit(&mut pkt);
+                        let tag = hmac::sign(&key, pkt.authenticated_bytes());
+                        pkt.authenticator_mut().copy_from_slice(tag.as_ref());
+                        let _ = sock.try_send_to(&buf, *to);
+                    }
+                }
+                let events = detector.poll(now);
+                shell.detected(&mut replica, &detector, events);
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                let events = detector.poll(origin.elapsed());
+                shell.detected(&mut replica, &detector, events);
+            }
+            Some(h) = heard_rx.recv() => {
+                let last = shell.last_seq.entry((h.peer, h.path)).or_insert(0);
+                // A replayed or reordered heartbeat says nothing new.
+                if h.seq > *last || h.seq + 1_000_000 < *last {
+                    *last = h.seq;
+                    detector.on_heartbeat(h.peer, h.path, origin.elapsed());
+                    let events = detector.poll(origin.elapsed());
+                    shell.detected(&mut replica, &detector, events);
+                }
+            }
+            Some(m) = raft_rx.recv() => {
+                let out = replica.step(m)?;
+                shell.handle(&mut replica, out);
+            }
+            Some(call) = ctl_rx.recv() => {
+                shell.control(&mut replica, &detector, call);
+            }
+        }
+    }
+}
+
+struct Shell<'a> {
+    cfg: &'a Config,
+    me: NodeId,
+    net: Transport,
+    waiters: HashMap<ProposalId, Waiter>,
+    events: VecDeque<EventRecord>,
+    event_seq: u64,
+    pending: BTreeMap<String, PendingReport>,
+    last_seq: HashMap<(NodeId, PathId), u64>,
+    hb_seq: u64,
+    path_names: Vec<String>,
+    incarnation: u64,
+    requests: u64,
+}
+
+impl Shell<'_> {
+    fn handle(&mut self, _replica: &mut Replica, out: Output) {
+        for m in &out.messages {
+            self.net.send(m);
+        }
+        for (pid, index, rejected) in out.completed {
+            if let Some(w) = self.waiters.remove(&pid) {
+                let resp = match rejected {
+                    None => Response::ok(ProposeReply {
+                        index,
+                        latency_us: w.start.elapsed().as_micros() as u64,
+                    }),
+                    Some(why) => {
+                        Response::err(format!("committed at index {index} but rejected: {why}"))
+                    }
+                };
+                let _ = w.reply.send(resp);
+            }
+            self.pending
+                .retain(|_, p| p.proposal.map(|(id, _)| id) != Some(pid));
+        }
+    }
+
+    fn proposal(&mut self, command: Command, request: Option<String>) -> Proposal {
+        Proposal {
+            by: self.me,
+            at_unix_ms: unix_us() / 1000,
+            command,
+            request,
+        }
+    }
+
+    fn propose(&mut self, replica: &mut Replica, command: Command) -> Result<ProposalId, String> {
+        let p = self.proposal(command, None);
+        self.propose_as_is(replica, &p)
+    }
+
+    fn propose_as_is(&mut self, replica: &mut Replica, p: &Proposal) -> Result<ProposalId, String> {
+        match replica.propose(p) {
+            Ok((pid, out)) => {
+                self.handle(replica, out);
+                Ok(pid)
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Commits health reports that are not committed yet (the newest per subject).
+    fn repropose(&mut self, replica: &mut Replica) {
+        let due: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.proposal.is_none_or(|(_, at)| at.elapsed() > REPROPOSE))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in due {
+            let command = self.pending[&k].command.clone();
+            if let Ok(pid) = self.propose(replica, command) {
+                if let Some(p) = self.pending.get_mut(&k) {
+                    p.proposal = Some((pid, Instant::now()));
+                }
+            }
+        }
+    }
+
+    /// A proposal forwarded to a leader that then died is lost: propose it
+    /// again under the new leader (its request id keeps it from applying twice).
+    fn retry_waiters(&mut self, replica: &mut Replica) {
+        let st = replica.status();
+        let now_under = (st.term, st.leader);
+        let stale: Vec<ProposalId> = self
+            .waiters
+            .iter()
+            .filter(|(_, w)| w.under != now_under && now_under.1.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for old in stale {
+            let Some(mut w) = self.waiters.remove(&old) else {
+                continue;
+            };
+            w.under = now_under;
+            let p = w.proposal.clone();
+            match self.propose_as_is(replica, &p) {
+                Ok(pid) => {
+                    self.waiters.insert(pid, w);
+                }
+                Err(_) => {
+                    self.waiters.insert(old, w);
+                }
+            }
+        }
+    }
+
+    fn expire_waiters(&mut self, replica: &Replica) {
+        let now = Instant::now();
+        let expired: Vec<ProposalId> = self
+            .waiters
+            .iter()
+            .filter(|(_, w)| w.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(w) = self.waiters.remove(&id) {
+                let st = replica.status();
+                let why = match st.leader {
+                    None => "no leader is reachable: this appliance is cut off from a majority of the voters".to_string(),
+                    Some(l) if l == self.me => "this appliance leads but a majority of voters did not acknowledge it".to_string(),
+                    Some(l) => format!("leader {l} did not commit it in time (is a majority reachable?)"),
+                };
+                let _ = w.reply.send(Response::err(format!(
+                    "not committed within {} ms (it may still commit later): {why}",
+                    (w.deadline - w.start).as_millis()
+                )));
+            }
+        }
+    }
+
+    fn record(&mut self, kind: &str, peer: Option<NodeId>, path: Option<String>, detail: String) {
+        self.event_seq += 1;
+        tracing::info!(kind, ?peer, ?path, "{detail}");
+        self.events.push_back(EventRecord {
+            seq: self.event_seq,
+            at_unix_us: unix_us(),
+            kind: kind.to_string(),
+            peer,
+            path,
+            detail,
+        });
+        while self.events.len() > EVENT_LOG {
+            self.events.pop_front();
+        }
+    }
+
+    fn site_of(&self, peer: NodeId) -> String {
+        self.cfg
+            .peers
+            .iter()
+            .find(|p| p.id == peer)
+            .map(|p| p.site.clone())
+            .unwrap_or_default()
+    }
+
+    fn path_name(&self, path: PathId) -> String {
+        self.path_names
+            .get(path.0 as usize)
+            .cloned()
+            .unwrap_or_else(|| format!("path{}", path.0))
+    }
+
+    fn detected(&mut self, replica: &mut Replica, detector: &Detector, events: Vec<DetectorEvent>) {
+        for e in events {
+            let (kind, peer, path) = match e {
+                DetectorEvent::PathDown { peer, path } => ("path-down", peer, Some(path)),
+                DetectorEvent::PathUp { peer, path } => ("path-up", peer, Some(path)),
+                DetectorEvent::SiteDown { peer } => ("site-down", peer, None),
+                DetectorEvent::SiteUp { peer } => ("site-up", peer, None),
+            };
+            let site = self.site_of(peer);
+            let path_name = path.map(|p| self.path_name(p));
+            self.record(
+                kind,
+                Some(peer),
+                path_name.clone(),
+                format!(
+                    "appliance {peer} (site {site}) {kind}{}",
+                    path_name
+                        .as_deref()
+                        .map(|p| format!(" on {p}"))
+                        .unwrap_or_default()
+                ),
+            );
+            if let Some(name) = path_name {
+                let up = kind == "path-up";
+                self.pending.insert(
+                    format!("link/{peer}/{name}"),
+                    PendingReport {
+                        command: Command::ReportLinkHealth {
+                            observer: self.me,
+                            peer,
+                            path: name,
+                            up,
+                        },
+                        proposal: None,
+                    },
+                );
+            }
+            let health = match detector.health(peer) {
+                PeerHealth::Up => Health::Up,
+                PeerHealth::Degraded { .. } => Health::Degraded,
+                PeerHealth::Down | PeerHealth::Unknown => Health::Down,
+            };
+            self.pending.insert(
+                format!("site/{site}"),
+                PendingReport {
+                    command: Command::ReportSiteHealth {
+                        observer: self.me,
+                        site,
+                        health,
+                    },
+                    proposal: None,
+                },
+            );
+        }
+        self.repropose(replica);
+    }
+
+    fn control(&mut self, replica: &mut Replica, detector: &Detector, call: ControlCall) {
+        let resp = match call.req {
+            Request::Status => {
+                let peers = self
+                    .cfg
+                    .peers
+                    .iter()
+                    .map(|p| {
+                        let health = detector.health(p.id);
+                        let down: Vec<PathId> = match &health {
+                            PeerHealth::Degraded { down } => down.clone(),
+                            _ => Vec::new(),
+                        };
+                        let all_down = matches!(health, PeerHealth::Down | PeerHealth::Unknown);
+                        PeerView {
+                            id: p.id,
+                            name: p.name.clone(),
+                            site: p.site.clone(),
+                            health: match health {
+                                PeerHealth::Up => "up",
+                                PeerHealth::Degraded { .. } => "degraded",
+                                PeerHealth::Down => "down",
+                                PeerHealth::Unknown => "unknown",
+                            }
+                            .into(),
+                            paths: p
+                                .paths
+                                .keys()
+                                .filter(|n| self.cfg.cluster.paths.contains_key(*n))
+                                .map(|n| {
+                                    let id = PathId(
+                                        self.path_names.iter().position(|x| x == n).unwrap_or(0)
+                                            as u8,
+                                    );
+                                    (n.clone(), !all_down && !down.contains(&id))
+                                })
+                                .collect(),
+                        }
+                    })
+                    .collect();
+                Response::ok(StatusReply {
+                    name: self.cfg.appliance.name.clone(),
+                    site: self.cfg.appliance.site.clone(),
+                    raft: replica.status(),
+                    peers,
+                })
+            }
+            Request::State => Response::ok(replica.state()),
+            Request::Events { since } => {
+                let list: Vec<&EventRecord> =
+                    self.events.iter().filter(|e| e.seq > since).collect();
+                Response::ok(list)
+            }
+            Request::Propose {
+                command,
+                timeout_ms,
+            } => {
+                let start = Instant::now();
+                self.requests += 1;
+                let request = format!("{}-{}-{}", self.me, self.incarnation, self.requests);
+                let proposal = self.proposal(command, Some(request));
+                let st = replica.status();
+                match self.propose_as_is(replica, &proposal) {
+                    Ok(pid) => {
+                        self.waiters.insert(
+                            pid,
+                            Waiter {
+                                reply: call.reply,
+                                start,
+                                deadline: start + Duration::from_millis(timeout_ms.unwrap_or(3000)),
+                                proposal,
+                                under: (st.term, st.leader),
+                            },
+                        );
+                        return;
+                    }
+                    Err(e) => Response::err(e),
+                }
+            }
+        };
+        let _ = call.reply.send(resp);
+    }
+}
+
+async fn receive_heartbeats(
+    sock: Arc<UdpSocket>,
+    me: NodeId,
+    key: hmac::Key,
+    peers: BTreeMap<(NodeId, PathId), SocketAddr>,
+    heard: mpsc::Sender<Heard>,
+) {
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let Ok((n, from)) = sock.recv_from(&mut buf).await else {
+            continue;
+        };
+        let Ok(pkt) = HeartbeatPacket::new_checked(&buf[..n]) else {
+            continue;
+        };
+        if hmac::verify(&key, pkt.authenticated_bytes(), pkt.authenticator()).is_err() {
+            continue;
+        }
+        let Ok(repr) = HeartbeatRepr::parse(&pkt) else {
+            continue;
+        };
+        if repr.receiver != me {
+            continue;
+        }
+        // The sender must speak from its configured address on that path.
+        let expected: Option<IpAddr> = peers.get(&(repr.sender, repr.path)).map(|a| a.ip());
+        if expected != Some(from.ip()) {
+            continue;
+        }
+        let _ = heard
+            .send(Heard {
+                peer: repr.sender,
+                path: repr.path,
+                seq: repr.seq,
+            })
+            .await;
+    }
+}
+
+async fn serve_control(listener: UnixListener, calls: mpsc::Sender<ControlCall>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let calls = calls.clone();
+        tokio::spawn(async move {
+            let (rd, mut wr) = stream.into_split();
+            let mut lines = BufReader::new(rd).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let resp = match serde_json::from_str::<Request>(&line) {
+                    Ok(req) => {
+                        let (tx, rx) = oneshot::channel();
+                        if calls.send(ControlCall { req, reply: tx }).await.is_err() {
+                            return;
+                        }
+                        rx.await
+                            .unwrap_or_else(|_| Response::err("the appliance is shutting down"))
+                    }
+                    Err(e) => Response::err(format!("bad request: {e}")),
+                };
+                let mut out = serde_json::to_vec(&resp).unwrap_or_default();
+                out.push(b'\n');
+                if wr.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,158 @@
+//! The operator API: one JSON request per line on the appliance's control
+//! socket (a Unix socket, so only local root reaches it), one JSON answer per
+//! line. The `hinan` CLI and the lab tests speak it.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::replica::RaftStatus;
+use crate::state::{Command, NodeId};
+
+/// A request on the control socket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Request {
+    /// Raft status and how this appliance sees its peers.
+    Status,
+    /// The whole applied state.
+    State,
+    /// Commits a command; answers once applied here, or with why not.
+    Propose {
+        command: Command,
+        #[serde(default)]
+        timeout_ms: Option<u64>,
+    },
+    /// Detection events recorded here with sequence number above `since`.
+    Events {
+        #[serde(default)]
+        since: u64,
+    },
+}
+
+/// How this appliance sees one peer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerView {
+    pub id: NodeId,
+    pub name: String,
+    pub site: String,
+    /// `up`, `degraded`, `down` or `unknown`.
+    pub health: String,
+    /// Path name → up.
+    pub paths: std::collections::BTreeMap<String, bool>,
+}
+
+/// The answer to [`Request::Status`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReply {
+    pub name: String,
+    pub site: String,
+    pub raft: RaftStatus,
+    pub peers: Vec<PeerView>,
+}
+
+/// A failure-detection event as recorded by the appliance that saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub seq: u64,
+    /// Wall-clock time at this appliance, in µs since the Unix epoch.
+    pub at_unix_us: u64,
+    /// `site-down`, `site-up`, `path-down`, `path-up`, `vm-failed`, …
+    pub kind: String,
+    pub peer: Option<NodeId>,
+    pub path: Option<String>,
+    pub detail: String,
+}
+
+/// The answer to [`Request::Propose`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProposeReply {
+    pub index: u64,
+    /// From the request's arrival to the command's application here.
+    pub latency_us: u64,
+}
+
+/// Every answer: `ok` with a `result`, or an `error` an operator can act on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+}
+
+impl Response {
+    pub fn ok(result: impl Serialize) -> Response {
+        Response {
+            ok: true,
+            error: None,
+            result: serde_json::to_value(result).ok(),
+        }
+    }
+
+    pub fn err(error: impl std::fmt::Display) -> Response {
+        Response {
+            ok: false,
+            error: Some(error.to_string()),
+            result: None,
+        }
+    }
+}
+
+/// Errors talking to an appliance.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("cannot reach the appliance at {path}: {source} (is `hinan run` running?)")]
+    Connect {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("talking to the appliance: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the appliance answered something unreadable: {0}")]
+    Decode(String),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Sends one request and returns the `result` of a successful answer.
+pub fn call(
+    socket: &Path,
+    req: &Request,
+    timeout: Duration,
+) -> Result<serde_json::Value, ControlError> {
+    let mut stream = UnixStream::connect(socket).map_err(|source| ControlError::Connect {
+        path: socket.display().to_string(),
+        source,
+    })?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let mut line = serde_json::to_vec(req).map_err(|e| ControlError::Decode(e.to_string()))?;
+    line.push(b'\n');
+    stream.write_all(&line)?;
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer)?;
+    let resp: Response = serde_json::from_str(&answer)
+        .map_err(|e| ControlError::Decode(format!("{e}: {answer}")))?;
+    if resp.ok {
+        Ok(resp.result.unwrap_or(serde_json::Value::Null))
+    } else {
+        Err(ControlError::Refused(
+            resp.error.unwrap_or_else(|| "refused".into()),
+        ))
+    }
+}
+
+/// [`call`], decoding the result as `T`.
+pub fn call_as<T: serde::de::DeserializeOwned>(
+    socket: &Path,
+    req: &Request,
+    timeout: Duration,
+) -> Result<T, ControlError> {
+    let v = call(socket, req, timeout)?;
+    serde_json::from_value(v).map_err(|e| ControlError::Decode(e.to_string()))
+}

@@ -1,0 +1,372 @@
+//! hinan appliances in the lab: one per campus edge namespace, plus one in the
+//! witness namespace when the lab has a witness. Keys, pins and configuration
+//! files are made here with the real `hinan keygen`; each appliance is the real
+//! `hinan run`, started by PID and recorded like every other lab process.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use hinan_orchestrator::control::{self, EventRecord, ProposeReply, Request, StatusReply};
+use hinan_orchestrator::state::{ClusterState, Command as StateCommand};
+
+use crate::lab::Lab;
+use crate::procs::ProcRecord;
+use crate::sys;
+
+/// Raft transport port.
+pub const RAFT_PORT: u16 = 7400;
+/// Heartbeat port.
+pub const HEARTBEAT_PORT: u16 = 7401;
+
+/// One appliance of the lab cluster.
+#[derive(Debug, Clone)]
+pub struct Appliance {
+    pub id: u64,
+    pub name: String,
+    /// Site name: `a`, `b`, … or `w` for the witness.
+    pub site: String,
+    pub ns: String,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    pub wan_ip: String,
+    /// The service-segment address, when the site has a segment.
+    pub segment_ip: Option<String>,
+}
+
+impl Appliance {
+    fn role(&self) -> String {
+        format!("{}/hinan", self.site)
+    }
+
+    /// Sends a control request and returns its result.
+    pub fn call(&self, req: &Request) -> Result<serde_json::Value> {
+        Ok(control::call(&self.socket, req, Duration::from_secs(10))?)
+    }
+
+    pub fn status(&self) -> Result<StatusReply> {
+        Ok(control::call_as(
+            &self.socket,
+            &Request::Status,
+            Duration::from_secs(5),
+        )?)
+    }
+
+    pub fn state(&self) -> Result<ClusterState> {
+        Ok(control::call_as(
+            &self.socket,
+            &Request::State,
+            Duration::from_secs(5),
+        )?)
+    }
+
+    pub fn events(&self, since: u64) -> Result<Vec<EventRecord>> {
+        Ok(control::call_as(
+            &self.socket,
+            &Request::Events { since },
+            Duration::from_secs(5),
+        )?)
+    }
+
+    /// Commits a note here; `Err` carries the appliance's reason when it cannot.
+    pub fn note(&self, text: &str, timeout: Duration) -> Result<ProposeReply> {
+        let req = Request::Propose {
+            command: StateCommand::Note {
+                text: text.to_string(),
+            },
+            timeout_ms: Some(timeout.as_millis() as u64),
+        };
+        Ok(control::call_as(
+            &self.socket,
+            &req,
+            timeout + Duration::from_secs(5),
+        )?)
+    }
+
+    /// Whether this appliance has applied a note with `text`.
+    pub fn has_note(&self, text: &str) -> Result<bool> {
+        let want = format!("note: {text}");
+        Ok(self.state()?.audit.iter().any(|a| a.what == want))
+    }
+}
+
+/// The `hinan` binary.
+pub fn hinan_binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("HINAN_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(2) {
+        let cand = dir.join("hinan");
+        if cand.is_file() {
+            return Ok(cand);
+        }
+    }
+    bail!("cannot find the hinan binary (build it with `cargo build -p hinan-orchestrator`, or set HINAN_BIN)")
+}
+
+/// The lab's appliances.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub appliances: Vec<Appliance>,
+    pub bin: PathBuf,
+}
+
+impl Cluster {
+    pub fn get(&self, site: &str) -> Result<&Appliance> {
+        self.appliances
+            .iter()
+            .find(|a| a.site == site)
+            .with_context(|| format!("no appliance at site {site}"))
+    }
+
+    /// Waits until every appliance in `sites` follows the same leader, one of them.
+    pub fn wait_leader(&self, sites: &[&str], limit: Duration) -> Result<u64> {
+        let ids: Vec<u64> = sites
+            .iter()
+            .filter_map(|s| self.get(s).ok())
+            .map(|a| a.id)
+            .collect();
+        sys::wait_for(
+            "a leader all agree on",
+            limit,
+            Duration::from_millis(50),
+            || {
+                let mut leader = None;
+                for s in sites {
+                    let st = match self.get(s)?.status() {
+                        Ok(st) => st,
+                        Err(_) => return Ok(None),
+                    };
+                    match (leader, st.raft.leader) {
+                        (_, None) => return Ok(None),
+                        (None, Some(l)) => leader = Some(l),
+                        (Some(x), Some(l)) if x != l => return Ok(None),
+                        _ => {}
+                    }
+                }
+                Ok(leader.filter(|l| ids.contains(l)))
+            },
+        )
+    }
+}
+
+impl Lab {
+    /// Makes keys and configurations and starts an appliance at every campus
+    /// (and at the witness). Waits until they agree on a leader. `extra` is
+    /// added to each `[cluster]` section (e.g. `damping_hold_ms = 200`).
+    pub fn start_cluster(&mut self, extra: &str) -> Result<Cluster> {
+        let bin = hinan_binary()?;
+        let dir = self.run.path.join("hinan");
+        fs::create_dir_all(&dir)?;
+        let hb_key = dir.join("heartbeat.key");
+        sys::run(
+            bin.to_str().unwrap_or("hinan"),
+            &["heartbeat-key", &hb_key.to_string_lossy()],
+        )?;
+        let mut apps = Vec::new();
+        let mut sites: Vec<(String, String, String, Option<String>)> = self
+            .topo
+            .campuses
+            .iter()
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    c.ns.clone(),
+                    c.public_ip.to_string(),
+                    c.hypervisor.then(|| c.inside_ip.to_string()),
+                )
+            })
+            .collect();
+        if let Some(w) = &self.topo.witness {
+            sites.push((w.name.clone(), w.ns.clone(), w.ip.to_string(), None));
+        }
+        for (i, (site, ns, wan_ip, segment_ip)) in sites.into_iter().enumerate() {
+            let name = format!("hinan-{site}");
+            let adir = dir.join(&name);
+            fs::create_dir_all(&adir)?;
+            apps.push(Appliance {
+                id: i as u64 + 1,
+                config: adir.join("hinan.toml"),
+                socket: adir.join("control.sock"),
+                data_dir: adir.join("data"),
+                log: adir.join("hinan.log"),
+                name,
+                site,
+                ns,
+                wan_ip,
+                segment_ip,
+            });
+        }
+        let mut pins = BTreeMap::new();
+        for a in &apps {
+            let adir = a.config.parent().context("config dir")?;
+            let pin = sys::run(
+                bin.to_str().unwrap_or("hinan"),
+                &[
+                    "keygen",
+                    "--name",
+                    &a.name,
+                    "--out-dir",
+                    &adir.to_string_lossy(),
+                ],
+            )?;
+            pins.insert(a.id, pin.trim().to_string());
+        }
+        for a in &apps {
+            fs::write(&a.config, config_text(a, &apps, &pins, &hb_key, extra))?;
+        }
+        let cluster = Cluster {
+            appliances: apps,
+            bin,
+        };
+        for a in &cluster.appliances {
+            self.start_appliance(&cluster, a)?;
+        }
+        let sites: Vec<&str> = cluster.appliances.iter().map(|a| a.site.as_str()).collect();
+        cluster.wait_leader(&sites, Duration::from_secs(20))?;
+        Ok(cluster)
+    }
+
+    /// Starts (or restarts) one appliance and waits for its control socket.
+    pub fn start_appliance(&mut self, cluster: &Cluster, a: &Appliance) -> Result<()> {
+        let _ = fs::remove_file(&a.socket);
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&a.log)?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &a.ns])
+            .arg(&cluster.bin)
+            .arg("--config")
+            .arg(&a.config)
+            .arg("run")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // SAFETY: setsid is async-signal-safe; the appliance is a daemon of the lab's.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().context("starting hinan")?;
+        let rec = ProcRecord::of(&a.role(), child.id() as i32).context("hinan exited at once")?;
+        self.record(rec)?;
+        let start = Instant::now();
+        sys::wait_for(
+            &format!("{} to answer on its control socket", a.name),
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || Ok(a.status().ok()),
+        )
+        .with_context(|| format!("{}'s log:\n{}", a.name, tail(&a.log)))?;
+        let _ = start;
+        Ok(())
+    }
+
+    /// Kills an appliance with `signal` (SIGKILL for a crash), by its recorded PID.
+    pub fn kill_appliance(&mut self, a: &Appliance, signal: i32) -> Result<()> {
+        let rec = self
+            .run
+            .manifest
+            .processes
+            .iter()
+            .find(|p| p.role == a.role() && p.alive())
+            .cloned()
+            .with_context(|| format!("{} is not running", a.name))?;
+        if signal == libc::SIGTERM {
+            rec.stop(Duration::from_secs(5));
+        } else {
+            // SAFETY: kill(2) on the PID the lab recorded for this very process.
+            unsafe {
+                libc::kill(rec.pid, signal);
+            }
+            rec.stop(Duration::from_secs(5));
+        }
+        Ok(())
+    }
+}
+
+fn tail(path: &Path) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+fn config_text(
+    me: &Appliance,
+    all: &[Appliance],
+    pins: &BTreeMap<u64, String>,
+    hb_key: &Path,
+    extra: &str,
+) -> String {
+    let paths = |a: &Appliance| match &a.segment_ip {
+        Some(s) => format!("{{ wan = \"{}\", segment = \"{s}\" }}", a.wan_ip),
+        None => format!("{{ wan = \"{}\" }}", a.wan_ip),
+    };
+    let adir = me
+        .config
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let mut text = format!(
+        r#"[appliance]
+id = {id}
+name = "{name}"
+site = "{site}"
+witness = {witness}
+data_dir = "{data}"
+control_socket = "{sock}"
+
+[cluster]
+listen = "{wan}:{RAFT_PORT}"
+cert = "{dir}/{name}.crt"
+key = "{dir}/{name}.key"
+heartbeat_port = {HEARTBEAT_PORT}
+heartbeat_key = "{hb}"
+paths = {paths}
+{extra}
+"#,
+        id = me.id,
+        name = me.name,
+        site = me.site,
+        witness = me.site == "w",
+        data = me.data_dir.display(),
+        sock = me.socket.display(),
+        wan = me.wan_ip,
+        dir = adir.display(),
+        hb = hb_key.display(),
+        paths = paths(me),
+        extra = extra,
+    );
+    for p in all.iter().filter(|p| p.id != me.id) {
+        text.push_str(&format!(
+            r#"
+[[peer]]
+id = {id}
+name = "{name}"
+site = "{site}"
+witness = {witness}
+address = "{wan}:{RAFT_PORT}"
+cert_sha256 = "{pin}"
+paths = {paths}
+"#,
+            id = p.id,
+            name = p.name,
+            site = p.site,
+            witness = p.site == "w",
+            wan = p.wan_ip,
+            pin = pins.get(&p.id).cloned().unwrap_or_default(),
+            paths = paths(p),
+        ));
+    }
+    text
+}

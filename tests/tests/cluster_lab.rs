@@ -1,0 +1,149 @@
+//! The appliance cluster in the lab: three real `hinan` processes (campus A,
+//! campus B and the witness W) in their namespaces, talking mutual TLS over the
+//! lab's WAN. Replication, partitions, crash recovery from disk.
+
+use std::time::{Duration, Instant};
+
+use hinan_lab::cluster::Cluster;
+use hinan_lab::wan::{self, LinkImpairment, WanState};
+use hinan_lab::{Lab, LabSpec};
+
+fn wait_note(cluster: &Cluster, site: &str, text: &str, limit: Duration) -> Duration {
+    let start = Instant::now();
+    let a = cluster.get(site).unwrap();
+    while start.elapsed() < limit {
+        if a.has_note(text).unwrap_or(false) {
+            return start.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("{text} did not reach {site} within {limit:?}");
+}
+
+#[test]
+fn replication_partition_and_recovery_from_disk() {
+    let mut lab = Lab::up(&LabSpec {
+        hypervisors: false,
+        witness: true,
+        ..LabSpec::default()
+    })
+    .expect("the lab comes up");
+    let cluster = lab
+        .start_cluster("")
+        .expect("three appliances agree on a leader");
+    let (a, b, w) = (
+        cluster.get("a").unwrap().clone(),
+        cluster.get("b").unwrap().clone(),
+        cluster.get("w").unwrap().clone(),
+    );
+
+    // A change committed at A is visible at B and W.
+    let mut lat = Vec::new();
+    for i in 0..10 {
+        let text = format!("from-a-{i}");
+        let t0 = Instant::now();
+        let r = a.note(&text, Duration::from_secs(3)).expect("A commits");
+        let at_b = wait_note(&cluster, "b", &text, Duration::from_secs(3));
+        let at_w = wait_note(&cluster, "w", &text, Duration::from_secs(3));
+        lat.push((r.latency_us, t0.elapsed().max(at_b).max(at_w)));
+    }
+    lat.sort();
+    eprintln!(
+        "replication: commit at A median {} us; visible at B and W (polled) median {:?}",
+        lat[lat.len() / 2].0,
+        lat[lat.len() / 2].1
+    );
+
+    // Partition A off: B and W keep or elect a leader and keep committing.
+    let mut want = WanState::default();
+    want.partition("a", "b", true);
+    want.partition("a", "w", true);
+    wan::apply(&mut lab, &want).unwrap();
+    let leader = cluster
+        .wait_leader(&["b", "w"], Duration::from_secs(10))
+        .expect("B and W have a leader");
+    assert_ne!(
+        leader, a.id,
+        "the cut-off appliance still leads the majority"
+    );
+    b.note("from-b-during-partition", Duration::from_secs(5))
+        .expect("B commits during the partition");
+    wait_note(
+        &cluster,
+        "w",
+        "from-b-during-partition",
+        Duration::from_secs(3),
+    );
+    // A refuses to commit, and says why.
+    let err = a
+        .note("from-a-during-partition", Duration::from_secs(2))
+        .expect_err("A committed while cut off from the majority")
+        .to_string();
+    eprintln!("A refuses: {err}");
+    assert!(
+        err.contains("majority") || err.contains("no leader"),
+        "A's refusal does not say why: {err}"
+    );
+    assert!(!a.has_note("from-b-during-partition").unwrap());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !b.has_note("from-a-during-partition").unwrap()
+            && !w.has_note("from-a-during-partition").unwrap(),
+        "what A proposed while cut off was committed during the partition"
+    );
+
+    // Heal: A catches up.
+    wan::apply(&mut lab, &WanState::default()).unwrap();
+    wait_note(
+        &cluster,
+        "a",
+        "from-b-during-partition",
+        Duration::from_secs(10),
+    );
+
+    // kill -9 B; A and W go on; B restarts from its disk (while still cut
+    // off, so what it has can only come from its own log) and then catches up.
+    lab.kill_appliance(&b, libc::SIGKILL).unwrap();
+    if let Err(e) = a.note("while-b-was-dead", Duration::from_secs(5)) {
+        panic!(
+            "A and W did not commit without B: {e:#}\nA: {:?}\nW: {:?}\nA sockets:\n{}\nW sockets:\n{}",
+            a.status().map(|s| s.raft),
+            w.status().map(|s| s.raft),
+            hinan_lab::sys::run_in(&a.ns, "ss", &["-tni"]).unwrap_or_default(),
+            hinan_lab::sys::run_in(&w.ns, "ss", &["-tni"]).unwrap_or_default(),
+        );
+    }
+    let mut cut = WanState::default();
+    cut.set_link(
+        "b",
+        LinkImpairment {
+            down: true,
+            ..Default::default()
+        },
+    );
+    wan::apply(&mut lab, &cut).unwrap();
+    lab.start_appliance(&cluster, &b).expect("B restarts");
+    std::thread::sleep(Duration::from_millis(500));
+    let st = b.state().unwrap();
+    assert!(
+        st.audit
+            .iter()
+            .any(|e| e.what == "note: from-b-during-partition")
+            && st.audit.iter().any(|e| e.what == "note: from-a-9"),
+        "B did not recover its committed state from its disk (applied {})",
+        st.applied
+    );
+    assert!(!b.has_note("while-b-was-dead").unwrap());
+    wan::apply(&mut lab, &WanState::default()).unwrap();
+    wait_note(&cluster, "b", "while-b-was-dead", Duration::from_secs(10));
+    let (sa, sb, sw) = (a.state().unwrap(), b.state().unwrap(), w.state().unwrap());
+    let applied = sa.applied.min(sb.applied).min(sw.applied);
+    assert!(applied > 10);
+    let footprint = lab.footprint();
+    assert!(lab.teardown().is_empty());
+    assert!(
+        footprint.leftovers().is_empty(),
+        "{:?}",
+        footprint.leftovers()
+    );
+}
