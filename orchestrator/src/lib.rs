@@ -2,5 +2,8 @@
 //! detection, service monitors), alert intake, the evacuation planner, the
 //! libvirt executor, fencing and the operator API.
 //!
-//! The cluster issue fills this crate; for now it only carries the `hinan`
-//! binary's entry point.
+//! So far it holds the service monitors: [`monitor`] decides which appliance
+//! watches which VM and when a VM has failed, [`checks`] runs the real checks.
+
+pub mod checks;
+pub mod monitor;
