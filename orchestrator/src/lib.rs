@@ -7,10 +7,12 @@
 //! `hinan` binary's shell drives them over sockets; the simulator in the tests
 //! drives the same code with virtual time.
 
+pub mod checks;
 pub mod config;
 pub mod control;
 pub mod detect;
 pub mod logstore;
+pub mod monitor;
 pub mod replica;
 pub mod sim;
 pub mod state;
