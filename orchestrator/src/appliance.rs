@@ -17,8 +17,11 @@ use hinan_orchestrator::detect::{
     Damping, Detector, DetectorConfig, DetectorEvent, PathId, PeerHealth,
 };
 use hinan_orchestrator::logstore::LogStore;
+use hinan_orchestrator::monitor::{
+    assign_watchers, CheckKind, Monitor, MonitorConfig, MonitorEvent, ServiceCheck, VmTarget,
+};
 use hinan_orchestrator::replica::{Output, ProposalId, Replica, ELECTION_TICKS, TICK};
-use hinan_orchestrator::state::{Command, Health, NodeId, Proposal};
+use hinan_orchestrator::state::{Command, Health, NodeId, Proposal, VmCheck};
 use hinan_orchestrator::tls::{self, Identity};
 use hinan_orchestrator::transport::{self, Transport};
 use raft::prelude::Message;
@@ -43,6 +46,13 @@ struct Heard {
     peer: NodeId,
     path: PathId,
     seq: u64,
+}
+
+struct CheckDone {
+    vm: String,
+    kind: CheckKind,
+    ok: bool,
+    detail: String,
 }
 
 struct ControlCall {
@@ -167,6 +177,20 @@ pub async fn run(cfg: Config) -> Result<()> {
         .with_context(|| format!("binding the control socket {}", sock_path.display()))?;
     tokio::spawn(serve_control(listener, ctl_tx));
 
+    // Service monitors: every campus appliance (not the witness) may watch VMs.
+    let mut eligible: Vec<NodeId> = cfg
+        .peers
+        .iter()
+        .filter(|p| !p.witness)
+        .map(|p| p.id)
+        .collect();
+    if !cfg.appliance.witness {
+        eligible.push(me);
+    }
+    eligible.sort_unstable();
+    let mut monitor = Monitor::new(me);
+    let (check_tx, mut check_rx) = mpsc::channel::<CheckDone>(1024);
+
     tracing::info!(id = me, name = %cfg.appliance.name, "appliance running");
     let mut shell = Shell {
         cfg: &cfg,
@@ -177,10 +201,15 @@ pub async fn run(cfg: Config) -> Result<()> {
         event_seq: 0,
         pending: BTreeMap::new(),
         last_seq: HashMap::new(),
-        hb_seq: 0,
+        // Heartbeat sequence numbers start at the boot time in µs, so that
+        // they keep growing across restarts and receivers can drop replays.
+        hb_seq: unix_us(),
         path_names: path_names.clone(),
         incarnation,
         requests: 0,
+        vms_changed: true,
+        live_changed: true,
+        last_check_error: HashMap::new(),
     };
     let mut raft_tick = tokio::time::interval(TICK);
     raft_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -192,6 +221,20 @@ pub async fn run(cfg: Config) -> Result<()> {
             .next_deadline()
             .map(|d| tokio::time::Instant::from_std(origin + d))
             .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(1));
+        let check_deadline = monitor
+            .next_deadline()
+            .map(|d| tokio::time::Instant::from_std(origin + d))
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(1));
+        if shell.vms_changed {
+            shell.vms_changed = false;
+            let events = monitor.set_assignments(assignments(&replica, &eligible));
+            shell.monitored(&mut replica, events);
+        }
+        if shell.live_changed {
+            shell.live_changed = false;
+            let events = monitor.set_live(live_set(me, &cfg, &detector));
+            shell.monitored(&mut replica, events);
+        }
         tokio::select! {
             _ = raft_tick.tick() => {
                 let out = replica.tick()?;
@@ -236,7 +279,27 @@ pub async fn run(cfg: Config) -> Result<()> {
                 shell.handle(&mut replica, out);
             }
             Some(call) = ctl_rx.recv() => {
-                shell.control(&mut replica, &detector, call);
+                shell.control(&mut replica, &detector, &monitor, call);
+            }
+            _ = tokio::time::sleep_until(check_deadline) => {
+                for req in monitor.due(origin.elapsed()) {
+                    let tx = check_tx.clone();
+                    tokio::spawn(async move {
+                        let outcome = hinan_orchestrator::checks::run_check(&req.target, req.kind, req.timeout).await;
+                        let detail = match &outcome.result {
+                            Ok(_) => String::new(),
+                            Err(e) => e.to_string(),
+                        };
+                        let _ = tx.send(CheckDone { vm: req.vm, kind: req.kind, ok: outcome.is_ok(), detail }).await;
+                    });
+                }
+            }
+            Some(done) = check_rx.recv() => {
+                let events = monitor.on_result(&done.vm, done.kind, done.ok, origin.elapsed());
+                if !done.ok {
+                    shell.last_check_error.insert(done.vm.clone(), done.detail);
+                }
+                shell.monitored(&mut replica, events);
             }
         }
     }
@@ -255,12 +318,23 @@ struct Shell<'a> {
     path_names: Vec<String>,
     incarnation: u64,
     requests: u64,
+    vms_changed: bool,
+    live_changed: bool,
+    last_check_error: HashMap<String, String>,
 }
 
 impl Shell<'_> {
     fn handle(&mut self, _replica: &mut Replica, out: Output) {
         for m in &out.messages {
             self.net.send(m);
+        }
+        if out.changes.iter().any(|c| {
+            matches!(
+                c.command,
+                Command::PutVm(_) | Command::RemoveVm { .. } | Command::SetVmLocation { .. }
+            )
+        }) {
+            self.vms_changed = true;
         }
         for (pid, index, rejected) in out.completed {
             if let Some(w) = self.waiters.remove(&pid) {
@@ -407,6 +481,9 @@ impl Shell<'_> {
     }
 
     fn detected(&mut self, replica: &mut Replica, detector: &Detector, events: Vec<DetectorEvent>) {
+        if !events.is_empty() {
+            self.live_changed = true;
+        }
         for e in events {
             let (kind, peer, path) = match e {
                 DetectorEvent::PathDown { peer, path } => ("path-down", peer, Some(path)),
@@ -463,7 +540,61 @@ impl Shell<'_> {
         self.repropose(replica);
     }
 
-    fn control(&mut self, replica: &mut Replica, detector: &Detector, call: ControlCall) {
+    fn monitored(&mut self, replica: &mut Replica, events: Vec<MonitorEvent>) {
+        for e in events {
+            match e {
+                MonitorEvent::TookOver { vm, from } => {
+                    self.record(
+                        "took-over",
+                        Some(from),
+                        None,
+                        format!("watching {vm} as P2: its P1 {from} is gone"),
+                    );
+                }
+                MonitorEvent::VmFailed { vm, by, reason } => {
+                    let why = self.last_check_error.get(&vm).cloned().unwrap_or_default();
+                    let reason = format!("{reason}: {why}");
+                    self.record("vm-failed", None, None, format!("{vm} failed: {reason}"));
+                    self.pending.insert(
+                        format!("vm/{vm}"),
+                        PendingReport {
+                            command: Command::ReportVmHealth {
+                                observer: by,
+                                vm,
+                                ok: false,
+                                reason,
+                            },
+                            proposal: None,
+                        },
+                    );
+                }
+                MonitorEvent::VmRecovered { vm, by } => {
+                    self.record("vm-recovered", None, None, format!("{vm} recovered"));
+                    self.pending.insert(
+                        format!("vm/{vm}"),
+                        PendingReport {
+                            command: Command::ReportVmHealth {
+                                observer: by,
+                                vm,
+                                ok: true,
+                                reason: "all checks pass".into(),
+                            },
+                            proposal: None,
+                        },
+                    );
+                }
+            }
+        }
+        self.repropose(replica);
+    }
+
+    fn control(
+        &mut self,
+        replica: &mut Replica,
+        detector: &Detector,
+        monitor: &Monitor,
+        call: ControlCall,
+    ) {
         let resp = match call.req {
             Request::Status => {
                 let peers = self
@@ -508,6 +639,13 @@ impl Shell<'_> {
                     site: self.cfg.appliance.site.clone(),
                     raft: replica.status(),
                     peers,
+                    watching: replica
+                        .state()
+                        .vms
+                        .keys()
+                        .filter(|v| monitor.is_watching(v))
+                        .cloned()
+                        .collect(),
                 })
             }
             Request::State => Response::ok(replica.state()),
@@ -615,4 +753,63 @@ async fn serve_control(listener: UnixListener, calls: mpsc::Sender<ControlCall>)
             }
         });
     }
+}
+
+/// Watchers and targets of every VM in the state.
+fn assignments(
+    replica: &Replica,
+    eligible: &[NodeId],
+) -> BTreeMap<String, (hinan_orchestrator::monitor::Watchers, VmTarget)> {
+    let vms = &replica.state().vms;
+    let ids: Vec<String> = vms.keys().cloned().collect();
+    let watchers = assign_watchers(&ids, eligible);
+    let mut out = BTreeMap::new();
+    for (id, w) in watchers {
+        let Some(vm) = vms.get(&id) else { continue };
+        let Ok(addr) = vm.ip.parse() else {
+            tracing::warn!("VM {id} has no IPv4 address to check ('{}')", vm.ip);
+            continue;
+        };
+        let service = match &vm.check {
+            VmCheck::Tcp { port } => ServiceCheck::Tcp { port: *port },
+            VmCheck::Http {
+                port,
+                path,
+                expect_status,
+            } => ServiceCheck::Http {
+                port: *port,
+                path: path.clone(),
+                expect_status: *expect_status,
+            },
+        };
+        out.insert(
+            id,
+            (
+                w,
+                VmTarget {
+                    addr,
+                    service,
+                    config: MonitorConfig::default(),
+                },
+            ),
+        );
+    }
+    out
+}
+
+/// This appliance and the peers the detector sees on at least one path.
+fn live_set(me: NodeId, cfg: &Config, detector: &Detector) -> std::collections::BTreeSet<NodeId> {
+    let mut live: std::collections::BTreeSet<NodeId> = cfg
+        .peers
+        .iter()
+        .filter(|p| {
+            matches!(
+                detector.health(p.id),
+                PeerHealth::Up | PeerHealth::Degraded { .. }
+            )
+        })
+        .map(|p| p.id)
+        .collect();
+    live.insert(me);
+    live
 }

@@ -52,6 +52,9 @@ pub struct StatusReply {
     pub site: String,
     pub raft: RaftStatus,
     pub peers: Vec<PeerView>,
+    /// VMs this appliance checks now (as their P1, or as P2 while P1 is gone).
+    #[serde(default)]
+    pub watching: Vec<String>,
 }
 
 /// A failure-detection event as recorded by the appliance that saw it.

@@ -63,6 +63,33 @@ pub struct Vm {
     pub site: SiteId,
     pub host: String,
     pub storage: StorageMode,
+    /// How its watchers check its service.
+    #[serde(default)]
+    pub check: VmCheck,
+}
+
+/// A VM's service check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum VmCheck {
+    /// A TCP connection to `port` is accepted.
+    Tcp { port: u16 },
+    /// `GET path` answers `expect_status`.
+    Http {
+        port: u16,
+        path: String,
+        expect_status: u16,
+    },
+}
+
+impl Default for VmCheck {
+    fn default() -> Self {
+        VmCheck::Http {
+            port: 80,
+            path: "/".into(),
+            expect_status: 200,
+        }
+    }
 }
 
 /// A published service: users reach `hostname` at the public address of the
@@ -487,6 +514,7 @@ mod tests {
             site: site.into(),
             host: "h1".into(),
             storage: StorageMode::Shared,
+            check: VmCheck::default(),
         })
     }
 

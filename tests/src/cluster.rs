@@ -89,6 +89,45 @@ impl Appliance {
         )?)
     }
 
+    /// Commits any command here.
+    pub fn propose(&self, command: StateCommand) -> Result<ProposeReply> {
+        let req = Request::Propose {
+            command,
+            timeout_ms: Some(5000),
+        };
+        Ok(control::call_as(
+            &self.socket,
+            &req,
+            Duration::from_secs(10),
+        )?)
+    }
+
+    /// Waits for an event of `kind` about `peer` (any peer if `None`) recorded after `since`.
+    pub fn wait_event(
+        &self,
+        since: u64,
+        kind: &str,
+        peer: Option<u64>,
+        limit: Duration,
+    ) -> Result<EventRecord> {
+        sys::wait_for(
+            &format!("a {kind} event at {}", self.name),
+            limit,
+            Duration::from_millis(5),
+            || {
+                Ok(self
+                    .events(since)?
+                    .into_iter()
+                    .find(|e| e.kind == kind && (peer.is_none() || e.peer == peer)))
+            },
+        )
+    }
+
+    /// The sequence number of the newest event here.
+    pub fn last_event(&self) -> Result<u64> {
+        Ok(self.events(0)?.last().map(|e| e.seq).unwrap_or(0))
+    }
+
     /// Whether this appliance has applied a note with `text`.
     pub fn has_note(&self, text: &str) -> Result<bool> {
         let want = format!("note: {text}");

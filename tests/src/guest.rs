@@ -56,6 +56,13 @@ read up rest < /proc/uptime; end=$(( ${up%.*} + ${QUERY_STRING:-30} )); i=0
 while :; do read up rest < /proc/uptime; [ ${up%.*} -ge $end ] && break; i=$((i+1)); echo "$i $up"; usleep 100000; done
 echo "DONE $i"
 CGI
+cat > /www/cgi-bin/stop-httpd <<'CGI'
+#!/bin/sh
+# Stops the HTTP service 200 ms from now for QUERY_STRING seconds (default 5),
+# so that monitors can be shown to notice a failed service.
+printf 'Content-Type: text/plain\r\n\r\nstopping\n'
+( usleep 200000; killall httpd; sleep ${QUERY_STRING:-5}; httpd -p 80 -h /www ) </dev/null >/dev/null 2>&1 &
+CGI
 chmod +x /www/cgi-bin/*
 httpd -p 80 -h /www
 echo "LMS-READY $(hostname) ip=${lms_ip} uptime=$(cut -d' ' -f1 /proc/uptime)" > /dev/console
