@@ -59,7 +59,13 @@ fn site_and_link_faults_and_p1_p2_monitors() {
         lab.kill_appliance(&a, libc::SIGKILL).unwrap();
         let eb = b
             .wait_event(sb, "site-down", Some(a.id), Duration::from_secs(3))
-            .expect("B reports A down");
+            .unwrap_or_else(|e| {
+                panic!(
+                    "trial {trial}: B did not report A down: {e:#}\nB's events: {:?}\nB sees: {:?}",
+                    b.events(sb.saturating_sub(5)),
+                    b.status().map(|s| s.peers)
+                )
+            });
         let ew = w
             .wait_event(sw, "site-down", Some(a.id), Duration::from_secs(3))
             .expect("W reports A down");
