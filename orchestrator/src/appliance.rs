@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use hinan_orchestrator::config::Config;
 use hinan_orchestrator::control::{
-    EventRecord, PeerView, ProposeReply, Request, Response, StatusReply,
+    AppliedReply, EventRecord, PeerView, ProposeReply, Request, Response, StatusReply,
 };
 use hinan_orchestrator::detect::wire::{HeartbeatPacket, HeartbeatRepr, PACKET_LEN};
 use hinan_orchestrator::detect::{
@@ -209,6 +209,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         requests: 0,
         vms_changed: true,
         live_changed: true,
+        apply_waiters: Vec::new(),
         last_check_error: HashMap::new(),
     };
     let mut raft_tick = tokio::time::interval(TICK);
@@ -320,13 +321,33 @@ struct Shell<'a> {
     requests: u64,
     vms_changed: bool,
     live_changed: bool,
+    /// (index, deadline, reply) of `WaitApplied` requests.
+    apply_waiters: Vec<(u64, Instant, oneshot::Sender<Response>)>,
     last_check_error: HashMap<String, String>,
 }
 
 impl Shell<'_> {
-    fn handle(&mut self, _replica: &mut Replica, out: Output) {
+    fn handle(&mut self, replica: &mut Replica, out: Output) {
         for m in &out.messages {
             self.net.send(m);
+        }
+        if !self.apply_waiters.is_empty() {
+            let applied = replica.state().applied;
+            let now = Instant::now();
+            for (index, deadline, reply) in std::mem::take(&mut self.apply_waiters) {
+                if applied >= index {
+                    let _ = reply.send(Response::ok(AppliedReply {
+                        applied,
+                        at_unix_us: unix_us(),
+                    }));
+                } else if deadline <= now {
+                    let _ = reply.send(Response::err(format!(
+                        "index {index} not applied here yet (applied {applied})"
+                    )));
+                } else {
+                    self.apply_waiters.push((index, deadline, reply));
+                }
+            }
         }
         if out.changes.iter().any(|c| {
             matches!(
@@ -649,6 +670,12 @@ impl Shell<'_> {
                 })
             }
             Request::State => Response::ok(replica.state()),
+            Request::WaitApplied { index, timeout_ms } => {
+                let deadline = Instant::now() + Duration::from_millis(timeout_ms.unwrap_or(3000));
+                self.apply_waiters.push((index, deadline, call.reply));
+                self.handle(replica, Output::default());
+                return;
+            }
             Request::Events { since } => {
                 let list: Vec<&EventRecord> =
                     self.events.iter().filter(|e| e.seq > since).collect();

@@ -26,6 +26,12 @@ pub enum Request {
         #[serde(default)]
         timeout_ms: Option<u64>,
     },
+    /// Answers once this appliance has applied log index `index`, with the time.
+    WaitApplied {
+        index: u64,
+        #[serde(default)]
+        timeout_ms: Option<u64>,
+    },
     /// Detection events recorded here with sequence number above `since`.
     Events {
         #[serde(default)]
@@ -68,6 +74,14 @@ pub struct EventRecord {
     pub peer: Option<NodeId>,
     pub path: Option<String>,
     pub detail: String,
+}
+
+/// The answer to [`Request::WaitApplied`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppliedReply {
+    pub applied: u64,
+    /// Wall-clock time at this appliance when it saw the index applied, µs since the epoch.
+    pub at_unix_us: u64,
 }
 
 /// The answer to [`Request::Propose`].

@@ -11,7 +11,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use hinan_orchestrator::control::{self, EventRecord, ProposeReply, Request, StatusReply};
+use hinan_orchestrator::control::{
+    self, AppliedReply, EventRecord, ProposeReply, Request, StatusReply,
+};
 use hinan_orchestrator::state::{ClusterState, Command as StateCommand};
 
 use crate::lab::Lab;
@@ -80,6 +82,19 @@ impl Appliance {
             command: StateCommand::Note {
                 text: text.to_string(),
             },
+            timeout_ms: Some(timeout.as_millis() as u64),
+        };
+        Ok(control::call_as(
+            &self.socket,
+            &req,
+            timeout + Duration::from_secs(5),
+        )?)
+    }
+
+    /// Waits until this appliance has applied `index`; returns when it saw it.
+    pub fn wait_applied(&self, index: u64, timeout: Duration) -> Result<AppliedReply> {
+        let req = Request::WaitApplied {
+            index,
             timeout_ms: Some(timeout.as_millis() as u64),
         };
         Ok(control::call_as(

@@ -8,6 +8,7 @@
 //! after a crash. Processes are stopped by recorded PID and start time only.
 
 pub mod cluster;
+pub mod clusterbench;
 pub mod delay;
 pub mod guest;
 pub mod lab;

@@ -8,25 +8,13 @@
 //! the default's growing 1–32 s. Detection itself uses the defaults
 //! (20 ms × 12 = 240 ms).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use hinan_lab::clusterbench::{self, percentile, unix_us};
 use hinan_lab::probe::http_get;
 use hinan_lab::wan::{self, WanState};
 use hinan_lab::{guest, Lab, LabSpec, VmSpec};
 use hinan_orchestrator::state::{Command, Site, StorageMode, Vm, VmCheck};
-
-fn unix_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as u64
-}
-
-fn percentile(v: &[f64], p: f64) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
 
 #[test]
 fn site_and_link_faults_and_p1_p2_monitors() {
@@ -51,38 +39,13 @@ fn site_and_link_faults_and_p1_p2_monitors() {
     );
 
     // --- Site fault: kill -9 A's appliance; B and W report A's site down.
-    let mut b_ms = Vec::new();
-    let mut w_ms = Vec::new();
-    for trial in 0..20 {
-        let (sb, sw) = (b.last_event().unwrap(), w.last_event().unwrap());
-        let t0 = unix_us();
-        lab.kill_appliance(&a, libc::SIGKILL).unwrap();
-        let eb = b
-            .wait_event(sb, "site-down", Some(a.id), Duration::from_secs(3))
-            .unwrap_or_else(|e| {
-                panic!(
-                    "trial {trial}: B did not report A down: {e:#}\nB's events: {:?}\nB sees: {:?}",
-                    b.events(sb.saturating_sub(5)),
-                    b.status().map(|s| s.peers)
-                )
-            });
-        let ew = w
-            .wait_event(sw, "site-down", Some(a.id), Duration::from_secs(3))
-            .expect("W reports A down");
-        b_ms.push(eb.at_unix_us.saturating_sub(t0) as f64 / 1000.0);
-        w_ms.push(ew.at_unix_us.saturating_sub(t0) as f64 / 1000.0);
-        let (sb, sw) = (b.last_event().unwrap(), w.last_event().unwrap());
-        lab.start_appliance(&cluster, &a).unwrap();
-        b.wait_event(sb, "site-up", Some(a.id), Duration::from_secs(5))
-            .unwrap_or_else(|e| panic!("trial {trial}: B never saw A again: {e:#}"));
-        w.wait_event(sw, "site-up", Some(a.id), Duration::from_secs(5))
-            .unwrap_or_else(|e| panic!("trial {trial}: W never saw A again: {e:#}"));
-    }
-    let (mb, mw) = (percentile(&b_ms, 0.5), percentile(&w_ms, 0.5));
+    let trials = clusterbench::detection_trials(&mut lab, &cluster, "a", &["b", "w"], 20).unwrap();
+    let (b_ms, w_ms) = (&trials["b"], &trials["w"]);
+    let (mb, mw) = (percentile(b_ms, 0.5), percentile(w_ms, 0.5));
     eprintln!(
         "site-down detection over 20 trials: B median {mb:.0} ms p99 {:.0} ms; W median {mw:.0} ms p99 {:.0} ms",
-        percentile(&b_ms, 0.99),
-        percentile(&w_ms, 0.99)
+        percentile(b_ms, 0.99),
+        percentile(w_ms, 0.99)
     );
     assert!(
         mb < 300.0 && mw < 300.0,
@@ -194,8 +157,6 @@ fn site_and_link_faults_and_p1_p2_monitors() {
         failed.at_unix_us.saturating_sub(stopped_at) as f64 / 1000.0,
         failed.detail
     );
-    let st = p2.state().unwrap();
-    let _ = st;
     hinan_lab::sys::wait_for(
         "the failure in the replicated state",
         Duration::from_secs(3),

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use hinan_lab::cluster::Cluster;
+use hinan_lab::clusterbench::{self, percentile};
 use hinan_lab::wan::{self, LinkImpairment, WanState};
 use hinan_lab::{Lab, LabSpec};
 
@@ -38,21 +39,22 @@ fn replication_partition_and_recovery_from_disk() {
     );
 
     // A change committed at A is visible at B and W.
-    let mut lat = Vec::new();
-    for i in 0..10 {
-        let text = format!("from-a-{i}");
-        let t0 = Instant::now();
-        let r = a.note(&text, Duration::from_secs(3)).expect("A commits");
-        let at_b = wait_note(&cluster, "b", &text, Duration::from_secs(3));
-        let at_w = wait_note(&cluster, "w", &text, Duration::from_secs(3));
-        lat.push((r.latency_us, t0.elapsed().max(at_b).max(at_w)));
-    }
-    lat.sort();
+    let r = clusterbench::replication(&cluster, "a", 20).expect("A commits");
+    assert!(r.commit_ms.len() >= 10, "too few clean samples: {r:?}");
     eprintln!(
-        "replication: commit at A median {} us; visible at B and W (polled) median {:?}",
-        lat[lat.len() / 2].0,
-        lat[lat.len() / 2].1
+        "replication of {} commits from A: committed median {:.1} ms p99 {:.1} ms; applied at A, B and W median {:.1} ms p99 {:.1} ms",
+        r.commit_ms.len(),
+        percentile(&r.commit_ms, 0.5),
+        percentile(&r.commit_ms, 0.99),
+        percentile(&r.everywhere_ms, 0.5),
+        percentile(&r.everywhere_ms, 0.99)
     );
+    for site in ["b", "w"] {
+        assert!(
+            cluster.get(site).unwrap().has_note("bench-19").unwrap(),
+            "{site} lacks A's change"
+        );
+    }
 
     // Partition A off: B and W keep or elect a leader and keep committing.
     let mut want = WanState::default();
@@ -129,7 +131,7 @@ fn replication_partition_and_recovery_from_disk() {
         st.audit
             .iter()
             .any(|e| e.what == "note: from-b-during-partition")
-            && st.audit.iter().any(|e| e.what == "note: from-a-9"),
+            && st.audit.iter().any(|e| e.what == "note: bench-19"),
         "B did not recover its committed state from its disk (applied {})",
         st.applied
     );

@@ -1,0 +1,180 @@
+//! Measurements of the appliance cluster in the lab, shared by the tests
+//! (which assert on them) and `make bench` (which reports them).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use hinan_orchestrator::control::EventRecord;
+
+use crate::cluster::{Appliance, Cluster};
+use crate::lab::Lab;
+use crate::wan::{self, LinkImpairment, WanState};
+
+pub fn unix_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// The `p` quantile (0..=1) of `v`, nearest rank.
+pub fn percentile(v: &[f64], p: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Replication latencies, in ms.
+#[derive(Debug, Clone, Default)]
+pub struct Replication {
+    /// From the request to its application at the proposing appliance (a majority stored it).
+    pub commit_ms: Vec<f64>,
+    /// From the request to its application at every appliance.
+    pub everywhere_ms: Vec<f64>,
+}
+
+/// Commits `n` notes at `from` and times when each is applied at every appliance.
+pub fn replication(cluster: &Cluster, from: &str, n: usize) -> Result<Replication> {
+    let origin = cluster.get(from)?.clone();
+    let mut out = Replication::default();
+    for i in 0..n {
+        let next = origin.status()?.raft.last_index + 1;
+        // Waiters first, so each appliance answers the moment it applies.
+        let waiters: Vec<_> = cluster
+            .appliances
+            .iter()
+            .filter(|a| a.id != origin.id)
+            .cloned()
+            .map(|a: Appliance| {
+                std::thread::spawn(move || a.wait_applied(next, Duration::from_secs(5)))
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(2));
+        let t0 = unix_us();
+        let started = Instant::now();
+        let reply = origin.note(&format!("bench-{i}"), Duration::from_secs(5))?;
+        let commit = started.elapsed();
+        let mut last = t0 + commit.as_micros() as u64;
+        for w in waiters {
+            let r = w
+                .join()
+                .map_err(|_| anyhow::anyhow!("a waiter panicked"))??;
+            last = last.max(r.at_unix_us);
+        }
+        if reply.index != next {
+            // Something else committed in between (a health report): the
+            // waiters measured that entry, not ours. Measure again.
+            continue;
+        }
+        out.commit_ms.push(commit.as_secs_f64() * 1000.0);
+        out.everywhere_ms
+            .push(last.saturating_sub(t0) as f64 / 1000.0);
+    }
+    Ok(out)
+}
+
+/// Kills `victim`'s appliance with SIGKILL `n` times, restarting it in
+/// between, and returns how long each observer took to report its site down, in ms.
+pub fn detection_trials(
+    lab: &mut Lab,
+    cluster: &Cluster,
+    victim: &str,
+    observers: &[&str],
+    n: usize,
+) -> Result<BTreeMap<String, Vec<f64>>> {
+    let v = cluster.get(victim)?.clone();
+    let obs: Vec<Appliance> = observers
+        .iter()
+        .map(|o| cluster.get(o).cloned())
+        .collect::<Result<_>>()?;
+    let mut out: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for trial in 0..n {
+        let since: Vec<u64> = obs.iter().map(|o| o.last_event()).collect::<Result<_>>()?;
+        let t0 = unix_us();
+        lab.kill_appliance(&v, libc::SIGKILL)?;
+        for (o, s) in obs.iter().zip(&since) {
+            let e = o
+                .wait_event(*s, "site-down", Some(v.id), Duration::from_secs(3))
+                .with_context(|| {
+                    format!(
+                        "trial {trial}: {} did not report {victim} down; its events: {:?}",
+                        o.name,
+                        o.events(s.saturating_sub(5))
+                    )
+                })?;
+            out.entry(o.site.clone())
+                .or_default()
+                .push(e.at_unix_us.saturating_sub(t0) as f64 / 1000.0);
+        }
+        let since: Vec<u64> = obs.iter().map(|o| o.last_event()).collect::<Result<_>>()?;
+        lab.start_appliance(cluster, &v)?;
+        for (o, s) in obs.iter().zip(&since) {
+            o.wait_event(*s, "site-up", Some(v.id), Duration::from_secs(5))
+                .with_context(|| format!("trial {trial}: {} never saw {victim} again", o.name))?;
+        }
+    }
+    Ok(out)
+}
+
+/// What a soak saw.
+#[derive(Debug, Clone, Default)]
+pub struct Soak {
+    pub duration: Duration,
+    pub loss_pct: f64,
+    /// Every path-down or site-down event any appliance recorded: all false,
+    /// since nothing failed.
+    pub false_downs: Vec<(String, EventRecord)>,
+    /// Notes committed during the soak (the cluster kept working).
+    pub commits: usize,
+}
+
+/// Runs the cluster for `duration` with `loss_pct` loss toward every WAN link,
+/// committing a note every second, and collects every "down" event.
+pub fn soak(lab: &mut Lab, cluster: &Cluster, loss_pct: f64, duration: Duration) -> Result<Soak> {
+    let since: Vec<u64> = cluster
+        .appliances
+        .iter()
+        .map(|a| a.last_event())
+        .collect::<Result<_>>()?;
+    let mut lossy = WanState::default();
+    for link in lab.topo.link_names() {
+        lossy.set_link(
+            &link,
+            LinkImpairment {
+                loss_pct,
+                ..Default::default()
+            },
+        );
+    }
+    wan::apply(lab, &lossy)?;
+    let start = Instant::now();
+    let mut commits = 0;
+    let mut i = 0;
+    while start.elapsed() < duration {
+        std::thread::sleep(Duration::from_secs(1));
+        let a = &cluster.appliances[i % cluster.appliances.len()];
+        i += 1;
+        if a.note(&format!("soak-{i}"), Duration::from_secs(3)).is_ok() {
+            commits += 1;
+        }
+    }
+    wan::apply(lab, &WanState::default())?;
+    let mut false_downs = Vec::new();
+    for (a, s) in cluster.appliances.iter().zip(since) {
+        for e in a.events(s)? {
+            if e.kind == "site-down" || e.kind == "path-down" {
+                false_downs.push((a.name.clone(), e));
+            }
+        }
+    }
+    Ok(Soak {
+        duration: start.elapsed(),
+        loss_pct,
+        false_downs,
+        commits,
+    })
+}
