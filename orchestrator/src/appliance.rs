@@ -3,19 +3,16 @@
 //! the cores; everything else talks to it through channels.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
+
+use crate::heartbeat::HealthView;
 use hinan_orchestrator::config::Config;
 use hinan_orchestrator::control::{
     AppliedReply, EventRecord, PeerView, ProposeReply, Request, Response, StatusReply,
 };
-use hinan_orchestrator::detect::wire::{HeartbeatPacket, HeartbeatRepr, PACKET_LEN};
-use hinan_orchestrator::detect::{
-    Damping, Detector, DetectorConfig, DetectorEvent, PathId, PeerHealth,
-};
+use hinan_orchestrator::detect::{DetectorEvent, PathId, PeerHealth};
 use hinan_orchestrator::logstore::LogStore;
 use hinan_orchestrator::monitor::{
     assign_watchers, CheckKind, Monitor, MonitorConfig, MonitorEvent, ServiceCheck, VmTarget,
@@ -27,7 +24,7 @@ use hinan_orchestrator::transport::{self, Transport};
 use raft::prelude::Message;
 use ring::hmac;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UdpSocket, UnixListener};
+use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 
 /// Events kept for `Events` requests.
@@ -40,12 +37,6 @@ fn unix_us() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
-}
-
-struct Heard {
-    peer: NodeId,
-    path: PathId,
-    seq: u64,
 }
 
 struct CheckDone {
@@ -66,9 +57,14 @@ struct Waiter {
     deadline: Instant,
     /// Proposed again as is when leadership changes before it commits.
     proposal: Proposal,
-    /// (term, leader) when last proposed.
+    /// (term, leader) when last proposed, and when.
     under: (u64, Option<NodeId>),
+    tried: Instant,
 }
+
+/// A proposal not committed this long after its last try is proposed again:
+/// a forwarded proposal lost with a connection is never resent by Raft.
+const RETRY_AFTER: Duration = Duration::from_millis(1000);
 
 struct PendingReport {
     command: Command,
@@ -114,57 +110,11 @@ pub async fn run(cfg: Config) -> Result<()> {
         .await
         .with_context(|| format!("listening for the cluster on {}", cfg.cluster.listen))?;
 
-    // Heartbeat paths: a path's wire id is its index among all path names.
+    // Heartbeats and the failure detector run on a thread of their own.
+    // Sequence numbers start at the boot time in µs, so that they keep
+    // growing across restarts and receivers can drop replays.
     let path_names = cfg.path_names();
-    let path_id = |name: &str| PathId(path_names.iter().position(|n| n == name).unwrap_or(0) as u8);
-    let port = cfg.cluster.heartbeat_port;
-    let (heard_tx, mut heard_rx) = mpsc::channel::<Heard>(4096);
-    let mut sockets: BTreeMap<PathId, Arc<UdpSocket>> = BTreeMap::new();
-    // (peer, path) → the peer's address on that path.
-    let mut peer_addr: BTreeMap<(NodeId, PathId), SocketAddr> = BTreeMap::new();
-    for p in &cfg.peers {
-        for (name, ip) in &p.paths {
-            if cfg.cluster.paths.contains_key(name) {
-                peer_addr.insert((p.id, path_id(name)), SocketAddr::new(*ip, port));
-            }
-        }
-    }
-    for (name, ip) in &cfg.cluster.paths {
-        let sock = UdpSocket::bind(SocketAddr::new(*ip, port))
-            .await
-            .with_context(|| format!("binding heartbeat path {name} on {ip}:{port}"))?;
-        let sock = Arc::new(sock);
-        sockets.insert(path_id(name), sock.clone());
-        tokio::spawn(receive_heartbeats(
-            sock,
-            me,
-            key.clone(),
-            peer_addr.clone(),
-            heard_tx.clone(),
-        ));
-    }
-
-    let origin = Instant::now();
-    let dcfg = DetectorConfig {
-        interval: Duration::from_millis(cfg.cluster.detect_interval_ms),
-        multiplier: cfg.cluster.detect_multiplier,
-        damping: Damping {
-            initial_hold: Duration::from_millis(cfg.cluster.damping_hold_ms),
-            max_hold: Duration::from_millis(cfg.cluster.damping_max_hold_ms),
-            ..Damping::default()
-        },
-    };
-    dcfg.validate().context("detector settings")?;
-    let mut detector = Detector::new(dcfg, me);
-    for p in &cfg.peers {
-        let paths: Vec<PathId> = p
-            .paths
-            .keys()
-            .filter(|n| cfg.cluster.paths.contains_key(*n))
-            .map(|n| path_id(n))
-            .collect();
-        detector.add_peer(p.id, &paths, origin.elapsed());
-    }
+    let (mut det_rx, health) = crate::heartbeat::start(&cfg, key, unix_us())?;
 
     // Control socket.
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlCall>(64);
@@ -200,10 +150,6 @@ pub async fn run(cfg: Config) -> Result<()> {
         events: VecDeque::new(),
         event_seq: 0,
         pending: BTreeMap::new(),
-        last_seq: HashMap::new(),
-        // Heartbeat sequence numbers start at the boot time in µs, so that
-        // they keep growing across restarts and receivers can drop replays.
-        hb_seq: unix_us(),
         path_names: path_names.clone(),
         incarnation,
         requests: 0,
@@ -214,14 +160,8 @@ pub async fn run(cfg: Config) -> Result<()> {
     };
     let mut raft_tick = tokio::time::interval(TICK);
     raft_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut hb_tick = tokio::time::interval(Duration::from_millis(cfg.cluster.detect_interval_ms));
-    hb_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut buf = vec![0u8; PACKET_LEN];
+    let origin = Instant::now();
     loop {
-        let deadline = detector
-            .next_deadline()
-            .map(|d| tokio::time::Instant::from_std(origin + d))
-            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(1));
         let check_deadline = monitor
             .next_deadline()
             .map(|d| tokio::time::Instant::from_std(origin + d))
@@ -233,7 +173,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         }
         if shell.live_changed {
             shell.live_changed = false;
-            let events = monitor.set_live(live_set(me, &cfg, &detector));
+            let events = monitor.set_live(live_set(me, &cfg, &health));
             shell.monitored(&mut replica, events);
         }
         tokio::select! {
@@ -244,43 +184,19 @@ pub async fn run(cfg: Config) -> Result<()> {
                 shell.retry_waiters(&mut replica);
                 shell.expire_waiters(&replica);
             }
-            _ = hb_tick.tick() => {
-                let now = origin.elapsed();
-                if detector.heartbeats_due(now) {
-                    shell.hb_seq += 1;
-                    for (peer, path) in detector.paths().collect::<Vec<_>>() {
-                        let (Some(sock), Some(to)) = (sockets.get(&path), peer_addr.get(&(peer, path))) else { continue };
-                        let repr: HeartbeatRepr = detector.heartbeat(peer, path, shell.hb_seq);
-                        let mut pkt = HeartbeatPacket::new_unchecked(&mut buf[..]);
-                        repr.emit(&mut pkt);
-                        let tag = hmac::sign(&key, pkt.authenticated_bytes());
-                        pkt.authenticator_mut().copy_from_slice(tag.as_ref());
-                        let _ = sock.try_send_to(&buf, *to);
-                    }
+            Some(e) = det_rx.recv() => {
+                let mut events = vec![e];
+                while let Ok(more) = det_rx.try_recv() {
+                    events.push(more);
                 }
-                let events = detector.poll(now);
-                shell.detected(&mut replica, &detector, events);
-            }
-            _ = tokio::time::sleep_until(deadline) => {
-                let events = detector.poll(origin.elapsed());
-                shell.detected(&mut replica, &detector, events);
-            }
-            Some(h) = heard_rx.recv() => {
-                let last = shell.last_seq.entry((h.peer, h.path)).or_insert(0);
-                // A replayed or reordered heartbeat says nothing new.
-                if h.seq > *last || h.seq + 1_000_000 < *last {
-                    *last = h.seq;
-                    detector.on_heartbeat(h.peer, h.path, origin.elapsed());
-                    let events = detector.poll(origin.elapsed());
-                    shell.detected(&mut replica, &detector, events);
-                }
+                shell.detected(&mut replica, &health, events);
             }
             Some(m) = raft_rx.recv() => {
                 let out = replica.step(m)?;
                 shell.handle(&mut replica, out);
             }
             Some(call) = ctl_rx.recv() => {
-                shell.control(&mut replica, &detector, &monitor, call);
+                shell.control(&mut replica, &health, &monitor, call);
             }
             _ = tokio::time::sleep_until(check_deadline) => {
                 for req in monitor.due(origin.elapsed()) {
@@ -314,8 +230,6 @@ struct Shell<'a> {
     events: VecDeque<EventRecord>,
     event_seq: u64,
     pending: BTreeMap<String, PendingReport>,
-    last_seq: HashMap<(NodeId, PathId), u64>,
-    hb_seq: u64,
     path_names: Vec<String>,
     incarnation: u64,
     requests: u64,
@@ -417,15 +331,18 @@ impl Shell<'_> {
         }
     }
 
-    /// A proposal forwarded to a leader that then died is lost: propose it
-    /// again under the new leader (its request id keeps it from applying twice).
+    /// A proposal forwarded to a leader that then died, or over a connection
+    /// that broke, is lost: propose it again (its request id keeps it from
+    /// applying twice).
     fn retry_waiters(&mut self, replica: &mut Replica) {
         let st = replica.status();
         let now_under = (st.term, st.leader);
         let stale: Vec<ProposalId> = self
             .waiters
             .iter()
-            .filter(|(_, w)| w.under != now_under && now_under.1.is_some())
+            .filter(|(_, w)| {
+                (w.under != now_under || w.tried.elapsed() > RETRY_AFTER) && now_under.1.is_some()
+            })
             .map(|(id, _)| *id)
             .collect();
         for old in stale {
@@ -501,7 +418,7 @@ impl Shell<'_> {
             .unwrap_or_else(|| format!("path{}", path.0))
     }
 
-    fn detected(&mut self, replica: &mut Replica, detector: &Detector, events: Vec<DetectorEvent>) {
+    fn detected(&mut self, replica: &mut Replica, health: &HealthView, events: Vec<DetectorEvent>) {
         if !events.is_empty() {
             self.live_changed = true;
         }
@@ -541,7 +458,12 @@ impl Shell<'_> {
                     },
                 );
             }
-            let health = match detector.health(peer) {
+            let seen = health
+                .lock()
+                .ok()
+                .and_then(|v| v.get(&peer).cloned())
+                .unwrap_or(PeerHealth::Unknown);
+            let health = match seen {
                 PeerHealth::Up => Health::Up,
                 PeerHealth::Degraded { .. } => Health::Degraded,
                 PeerHealth::Down | PeerHealth::Unknown => Health::Down,
@@ -612,7 +534,7 @@ impl Shell<'_> {
     fn control(
         &mut self,
         replica: &mut Replica,
-        detector: &Detector,
+        health: &HealthView,
         monitor: &Monitor,
         call: ControlCall,
     ) {
@@ -623,7 +545,7 @@ impl Shell<'_> {
                     .peers
                     .iter()
                     .map(|p| {
-                        let health = detector.health(p.id);
+                        let health = health_of(health, p.id);
                         let down: Vec<PathId> = match &health {
                             PeerHealth::Degraded { down } => down.clone(),
                             _ => Vec::new(),
@@ -700,6 +622,7 @@ impl Shell<'_> {
                                 deadline: start + Duration::from_millis(timeout_ms.unwrap_or(3000)),
                                 proposal,
                                 under: (st.term, st.leader),
+                                tried: Instant::now(),
                             },
                         );
                         return;
@@ -709,45 +632,6 @@ impl Shell<'_> {
             }
         };
         let _ = call.reply.send(resp);
-    }
-}
-
-async fn receive_heartbeats(
-    sock: Arc<UdpSocket>,
-    me: NodeId,
-    key: hmac::Key,
-    peers: BTreeMap<(NodeId, PathId), SocketAddr>,
-    heard: mpsc::Sender<Heard>,
-) {
-    let mut buf = vec![0u8; 2048];
-    loop {
-        let Ok((n, from)) = sock.recv_from(&mut buf).await else {
-            continue;
-        };
-        let Ok(pkt) = HeartbeatPacket::new_checked(&buf[..n]) else {
-            continue;
-        };
-        if hmac::verify(&key, pkt.authenticated_bytes(), pkt.authenticator()).is_err() {
-            continue;
-        }
-        let Ok(repr) = HeartbeatRepr::parse(&pkt) else {
-            continue;
-        };
-        if repr.receiver != me {
-            continue;
-        }
-        // The sender must speak from its configured address on that path.
-        let expected: Option<IpAddr> = peers.get(&(repr.sender, repr.path)).map(|a| a.ip());
-        if expected != Some(from.ip()) {
-            continue;
-        }
-        let _ = heard
-            .send(Heard {
-                peer: repr.sender,
-                path: repr.path,
-                seq: repr.seq,
-            })
-            .await;
     }
 }
 
@@ -825,13 +709,20 @@ fn assignments(
 }
 
 /// This appliance and the peers the detector sees on at least one path.
-fn live_set(me: NodeId, cfg: &Config, detector: &Detector) -> std::collections::BTreeSet<NodeId> {
+fn health_of(view: &HealthView, peer: NodeId) -> PeerHealth {
+    view.lock()
+        .ok()
+        .and_then(|v| v.get(&peer).cloned())
+        .unwrap_or(PeerHealth::Unknown)
+}
+
+fn live_set(me: NodeId, cfg: &Config, health: &HealthView) -> std::collections::BTreeSet<NodeId> {
     let mut live: std::collections::BTreeSet<NodeId> = cfg
         .peers
         .iter()
         .filter(|p| {
             matches!(
-                detector.health(p.id),
+                health_of(health, p.id),
                 PeerHealth::Up | PeerHealth::Degraded { .. }
             )
         })

@@ -1,6 +1,7 @@
 //! The `hinan` appliance binary. A thin main: parsing and wiring only.
 
 mod appliance;
+mod heartbeat;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
