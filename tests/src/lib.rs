@@ -9,10 +9,12 @@
 
 pub mod delay;
 pub mod guest;
+pub mod keepalived;
 pub mod lab;
 pub mod netns;
 pub mod probe;
 pub mod procs;
+pub mod rtnl;
 pub mod run;
 pub mod sys;
 pub mod vm;
