@@ -409,9 +409,8 @@ pub fn has_addr(ip_o_addr: &str, addr: Ipv4Addr) -> bool {
     ip_o_addr.split_whitespace().any(|w| w.starts_with(&want))
 }
 
-/// How the master fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
+/// How the master fails. Written in JSON by its [`Failure::name`], as on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
     /// `kill -9` of A's keepalived parent, as the lab notes did it. Not
     /// silent: A's VRRP child gets SIGTERM as its parent-death signal and
@@ -469,6 +468,12 @@ impl Failure {
     /// Whether the master fails without telling the backup.
     pub fn silent(self) -> bool {
         self != Failure::Kill9
+    }
+}
+
+impl Serialize for Failure {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
     }
 }
 
@@ -997,6 +1002,10 @@ mod tests {
     fn names_round_trip() {
         for f in Failure::ALL {
             assert_eq!(f.name().parse::<Failure>().unwrap(), f);
+            assert_eq!(
+                serde_json::to_string(&f).unwrap(),
+                format!("\"{}\"", f.name())
+            );
         }
         assert!("power-cut".parse::<Failure>().is_err());
         assert_eq!("fastest".parse::<Settings>().unwrap(), Settings::FASTEST);
