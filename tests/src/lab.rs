@@ -293,6 +293,8 @@ impl Lab {
         all
     }
 
+    /// Records a process the caller started for this lab, so that teardown
+    /// (or the next lab, after a crash) stops it by PID and start time.
     pub fn record(&mut self, rec: ProcRecord) -> Result<()> {
         self.run.add_process(rec)
     }
