@@ -21,10 +21,15 @@ demo:
 	$(CARGO) build -p hinan-tests --bin hinan-lab
 	$(LAB) demo
 
+# Benchmarks: hinan beside its peers, in one run on this machine (about 20 min).
 bench:
 	bash .ci/deps.sh bench
-	$(CARGO) build --release -p hinan-tests --bin hinan-lab
+	$(CARGO) build --release -p hinan-tests -p hinan-orchestrator --bins
+	mkdir -p target/bench
 	./target/release/hinan-lab bench-migration --runs 5
+	./target/release/hinan-bench cluster --json target/bench/cluster.json
+	./target/release/hinan-bench keepalived --trials 20 --json target/bench/keepalived.json
+	./target/release/hinan-bench compare target/bench/cluster.json target/bench/keepalived.json
 
 build:
 	$(CARGO) build --workspace

@@ -18,16 +18,6 @@ pub fn unix_us() -> u64 {
         .unwrap_or(0)
 }
 
-/// The `p` quantile (0..=1) of `v`, nearest rank.
-pub fn percentile(v: &[f64], p: f64) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
 /// Replication latencies, in ms.
 #[derive(Debug, Clone, Default)]
 pub struct Replication {
@@ -177,4 +167,52 @@ pub fn soak(lab: &mut Lab, cluster: &Cluster, loss_pct: f64, duration: Duration)
         false_downs,
         commits,
     })
+}
+
+/// Cuts `victim`'s WAN link `n` times (a silent site loss: nothing is sent,
+/// the cable is gone), restoring it in between, and returns how long each
+/// observer took to report the site down, in ms, from just before the cut.
+pub fn cut_trials(
+    lab: &mut Lab,
+    cluster: &Cluster,
+    victim: &str,
+    observers: &[&str],
+    n: usize,
+) -> Result<BTreeMap<String, Vec<f64>>> {
+    let v = cluster.get(victim)?.clone();
+    let obs: Vec<Appliance> = observers
+        .iter()
+        .map(|o| cluster.get(o).cloned())
+        .collect::<Result<_>>()?;
+    let mut cut = WanState::default();
+    cut.set_link(
+        victim,
+        LinkImpairment {
+            down: true,
+            ..Default::default()
+        },
+    );
+    let mut out: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for trial in 0..n {
+        let since: Vec<u64> = obs.iter().map(|o| o.last_event()).collect::<Result<_>>()?;
+        let t0 = unix_us();
+        wan::apply(lab, &cut)?;
+        for (o, s) in obs.iter().zip(&since) {
+            let e = o
+                .wait_event(*s, "site-down", Some(v.id), Duration::from_secs(3))
+                .with_context(|| {
+                    format!("trial {trial}: {} did not report {victim} down", o.name)
+                })?;
+            out.entry(o.site.clone())
+                .or_default()
+                .push(e.at_unix_us.saturating_sub(t0) as f64 / 1000.0);
+        }
+        let since: Vec<u64> = obs.iter().map(|o| o.last_event()).collect::<Result<_>>()?;
+        wan::apply(lab, &WanState::default())?;
+        for (o, s) in obs.iter().zip(&since) {
+            o.wait_event(*s, "site-up", Some(v.id), Duration::from_secs(5))
+                .with_context(|| format!("trial {trial}: {} never saw {victim} again", o.name))?;
+        }
+    }
+    Ok(out)
 }

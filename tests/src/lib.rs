@@ -18,6 +18,7 @@ pub mod probe;
 pub mod procs;
 pub mod rtnl;
 pub mod run;
+pub mod stats;
 pub mod sys;
 pub mod vm;
 pub mod wan;

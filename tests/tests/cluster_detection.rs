@@ -10,8 +10,9 @@
 
 use std::time::Duration;
 
-use hinan_lab::clusterbench::{self, percentile, unix_us};
+use hinan_lab::clusterbench::{self, unix_us};
 use hinan_lab::probe::http_get;
+use hinan_lab::stats::{median, percentile};
 use hinan_lab::wan::{self, WanState};
 use hinan_lab::{guest, Lab, LabSpec, VmSpec};
 use hinan_orchestrator::state::{Command, Site, StorageMode, Vm, VmCheck};
@@ -41,11 +42,11 @@ fn site_and_link_faults_and_p1_p2_monitors() {
     // --- Site fault: kill -9 A's appliance; B and W report A's site down.
     let trials = clusterbench::detection_trials(&mut lab, &cluster, "a", &["b", "w"], 20).unwrap();
     let (b_ms, w_ms) = (&trials["b"], &trials["w"]);
-    let (mb, mw) = (percentile(b_ms, 0.5), percentile(w_ms, 0.5));
+    let (mb, mw) = (median(b_ms).unwrap(), median(w_ms).unwrap());
     eprintln!(
         "site-down detection over 20 trials: B median {mb:.0} ms p99 {:.0} ms; W median {mw:.0} ms p99 {:.0} ms",
-        percentile(b_ms, 0.99),
-        percentile(w_ms, 0.99)
+        percentile(b_ms, 99.0).unwrap(),
+        percentile(w_ms, 99.0).unwrap()
     );
     assert!(
         mb < 300.0 && mw < 300.0,

@@ -5,7 +5,8 @@
 use std::time::{Duration, Instant};
 
 use hinan_lab::cluster::Cluster;
-use hinan_lab::clusterbench::{self, percentile};
+use hinan_lab::clusterbench;
+use hinan_lab::stats::{median, percentile};
 use hinan_lab::wan::{self, LinkImpairment, WanState};
 use hinan_lab::{Lab, LabSpec};
 
@@ -44,10 +45,10 @@ fn replication_partition_and_recovery_from_disk() {
     eprintln!(
         "replication of {} commits from A: committed median {:.1} ms p99 {:.1} ms; applied at A, B and W median {:.1} ms p99 {:.1} ms",
         r.commit_ms.len(),
-        percentile(&r.commit_ms, 0.5),
-        percentile(&r.commit_ms, 0.99),
-        percentile(&r.everywhere_ms, 0.5),
-        percentile(&r.everywhere_ms, 0.99)
+        median(&r.commit_ms).unwrap(),
+        percentile(&r.commit_ms, 99.0).unwrap(),
+        median(&r.everywhere_ms).unwrap(),
+        percentile(&r.everywhere_ms, 99.0).unwrap()
     );
     for site in ["b", "w"] {
         assert!(

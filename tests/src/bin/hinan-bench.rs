@@ -1,15 +1,17 @@
-//! `hinan-bench`: benchmarks of peers in the lab, to set beside hinan's own
-//! numbers. Today: keepalived's VRRP takeover time.
+//! `hinan-bench`: benchmarks in the lab, hinan beside the peers it must beat.
+//! `cluster` measures hinan's appliances, `keepalived` keepalived's VRRP
+//! takeover, and `compare` sets the two side by side with ratios.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 use hinan_lab::keepalived::{self, Combination, Failure, Jitter, Settings, Trial};
+use hinan_lab::stats::{median, percentile};
 use hinan_lab::{Lab, LabSpec};
 
 #[derive(Debug, Parser)]
@@ -25,6 +27,27 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// hinan's cluster (A, B and witness W): replication latency, failure
+    /// detection (kill -9 of A's appliance, and a cut of A's WAN link), and a
+    /// soak with loss toward every WAN link counting false "down" events.
+    Cluster {
+        #[arg(long, default_value_t = 200)]
+        replications: usize,
+        #[arg(long, default_value_t = 20)]
+        trials: usize,
+        #[arg(long, default_value_t = 600)]
+        soak_secs: u64,
+        #[arg(long, default_value_t = 5.0)]
+        soak_loss: f64,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Prints hinan's detection beside keepalived's takeover, from the JSON
+    /// files of `cluster --json` and `keepalived --json`, with ratios.
+    Compare {
+        cluster: PathBuf,
+        keepalived: PathBuf,
+    },
     /// keepalived's VRRP takeover time between campus A (master) and B (backup).
     ///
     /// For each settings × failure combination: fail A, time until B holds
@@ -72,6 +95,17 @@ struct Report {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Cluster {
+            replications,
+            trials,
+            soak_secs,
+            soak_loss,
+            json,
+        } => bench_cluster(replications, trials, soak_secs, soak_loss, json),
+        Command::Compare {
+            cluster,
+            keepalived,
+        } => compare(&cluster, &keepalived),
         Command::Keepalived {
             trials,
             slow_trials,
@@ -236,4 +270,143 @@ fn print_summary(combos: &[Combination]) {
             );
         }
     }
+}
+
+/// What `cluster` measured, in ms.
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct ClusterReport {
+    replication_commit_ms: Vec<f64>,
+    replication_everywhere_ms: Vec<f64>,
+    /// Observer site -> detection times after kill -9 of A's appliance.
+    kill9_ms: std::collections::BTreeMap<String, Vec<f64>>,
+    /// Observer site -> detection times after A's WAN link was cut.
+    link_cut_ms: std::collections::BTreeMap<String, Vec<f64>>,
+    soak_secs: f64,
+    soak_loss_pct: f64,
+    soak_false_downs: usize,
+    soak_commits: usize,
+}
+
+fn line(label: &str, v: &[f64]) {
+    println!(
+        "  {label:<44} median {:>8} ms   p99 {:>8} ms   (n = {})",
+        fmt_ms(median(v)),
+        fmt_ms(percentile(v, 99.0)),
+        v.len()
+    );
+}
+
+fn bench_cluster(
+    replications: usize,
+    trials: usize,
+    soak_secs: u64,
+    soak_loss: f64,
+    json: Option<PathBuf>,
+) -> Result<()> {
+    use hinan_lab::clusterbench;
+    let started = Instant::now();
+    let mut lab = Lab::up(&LabSpec {
+        hypervisors: false,
+        witness: true,
+        ..LabSpec::default()
+    })?;
+    // Restarts in the trials come every second or so: a short damping hold
+    // keeps the default's growing 1-32 s hold from slowing the trials down.
+    // Detection itself runs with the defaults (20 ms x 12).
+    let cluster = lab.start_cluster("damping_hold_ms = 200\ndamping_max_hold_ms = 400")?;
+    println!("hinan cluster: appliances at A, B and the witness W, mutual TLS over the lab WAN");
+    let r = clusterbench::replication(&cluster, "a", replications)?;
+    line("replication: committed at A", &r.commit_ms);
+    line("replication: applied at A, B and W", &r.everywhere_ms);
+    let kill = clusterbench::detection_trials(&mut lab, &cluster, "a", &["b", "w"], trials)?;
+    for (site, v) in &kill {
+        line(
+            &format!("detection, kill -9 of A, seen by {}", site.to_uppercase()),
+            v,
+        );
+    }
+    let cut = clusterbench::cut_trials(&mut lab, &cluster, "a", &["b", "w"], trials)?;
+    for (site, v) in &cut {
+        line(
+            &format!(
+                "detection, A's WAN link cut, seen by {}",
+                site.to_uppercase()
+            ),
+            v,
+        );
+    }
+    println!("  soak: {soak_secs} s with {soak_loss} % loss toward every WAN link…");
+    let soak = clusterbench::soak(
+        &mut lab,
+        &cluster,
+        soak_loss,
+        Duration::from_secs(soak_secs),
+    )?;
+    println!(
+        "  soak: {:.0} s, {} % loss: {} false down events (target 0), {} of the notes committed",
+        soak.duration.as_secs_f64(),
+        soak.loss_pct,
+        soak.false_downs.len(),
+        soak.commits
+    );
+    for (who, e) in &soak.false_downs {
+        println!("    false: {who}: {} {}", e.kind, e.detail);
+    }
+    let report = ClusterReport {
+        replication_commit_ms: r.commit_ms,
+        replication_everywhere_ms: r.everywhere_ms,
+        kill9_ms: kill,
+        link_cut_ms: cut,
+        soak_secs: soak.duration.as_secs_f64(),
+        soak_loss_pct: soak.loss_pct,
+        soak_false_downs: soak.false_downs.len(),
+        soak_commits: soak.commits,
+    };
+    if let Some(path) = json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
+        println!("raw results: {}", path.display());
+    }
+    let problems = lab.teardown();
+    println!("total {:.0} s", started.elapsed().as_secs_f64());
+    if !problems.is_empty() {
+        bail!("clean-up problems: {}", problems.join("; "));
+    }
+    Ok(())
+}
+
+fn compare(cluster: &std::path::Path, keepalived: &std::path::Path) -> Result<()> {
+    let c: ClusterReport = serde_json::from_slice(&std::fs::read(cluster)?)?;
+    let k: serde_json::Value = serde_json::from_slice(&std::fs::read(keepalived)?)?;
+    let all = |m: &std::collections::BTreeMap<String, Vec<f64>>| -> Vec<f64> {
+        m.values().flatten().copied().collect()
+    };
+    let hinan_kill = median(&all(&c.kill9_ms));
+    let hinan_cut = median(&all(&c.link_cut_ms));
+    println!("failure detection, medians in ms (lower is better); ratio = keepalived / hinan");
+    println!(
+        "  {:<40} {:>10} {:>10} {:>8}",
+        "", "hinan", "keepalived", "ratio"
+    );
+    for combo in k["combinations"].as_array().into_iter().flatten() {
+        let settings = combo["settings"]["name"].as_str().unwrap_or("?");
+        let failure = combo["failure"].as_str().unwrap_or("?");
+        let theirs = combo["summary"]["median_ms"].as_f64();
+        let ours = match failure {
+            "kill9" => hinan_kill,
+            "link-cut" => hinan_cut,
+            _ => None,
+        };
+        let ratio = match (theirs, ours) {
+            (Some(t), Some(o)) if o > 0.0 => format!("{:.2}x", t / o),
+            _ => "-".into(),
+        };
+        println!(
+            "  {:<40} {:>10} {:>10} {:>8}",
+            format!("{failure}, keepalived {settings}"),
+            fmt_ms(ours),
+            fmt_ms(theirs),
+            ratio
+        );
+    }
+    Ok(())
 }
