@@ -1,0 +1,7 @@
+//! What VMs send back to the monitors: ICMP datagrams and HTTP status lines.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    hinan_orchestrator::checks::fuzz_untrusted(data);
+});
