@@ -21,6 +21,7 @@ use hinan_orchestrator::replica::{Output, ProposalId, Replica, ELECTION_TICKS, T
 use hinan_orchestrator::state::{Command, Health, NodeId, Proposal, VmCheck};
 use hinan_orchestrator::tls::{self, Identity};
 use hinan_orchestrator::transport::{self, Transport};
+use hinan_orchestrator::watch::StateFeed;
 use raft::prelude::Message;
 use ring::hmac;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -156,6 +157,8 @@ pub async fn run(cfg: Config) -> Result<()> {
         vms_changed: true,
         live_changed: true,
         apply_waiters: Vec::new(),
+        member_waiters: Vec::new(),
+        feed: StateFeed::new(replica.state()),
         last_check_error: HashMap::new(),
     };
     let mut raft_tick = tokio::time::interval(TICK);
@@ -237,6 +240,10 @@ struct Shell<'a> {
     live_changed: bool,
     /// (index, deadline, reply) of `WaitApplied` requests.
     apply_waiters: Vec<(u64, Instant, oneshot::Sender<Response>)>,
+    /// (voter, add, deadline, reply) of `Membership` requests.
+    member_waiters: Vec<(NodeId, bool, Instant, oneshot::Sender<Response>)>,
+    /// Where reconcilers follow the applied state.
+    feed: StateFeed,
     last_check_error: HashMap<String, String>,
 }
 
@@ -244,6 +251,24 @@ impl Shell<'_> {
     fn handle(&mut self, replica: &mut Replica, out: Output) {
         for m in &out.messages {
             self.net.send(m);
+        }
+        if !out.changes.is_empty() {
+            self.feed.publish(replica.state());
+        }
+        if !self.member_waiters.is_empty() {
+            let voters = replica.voters();
+            let now = Instant::now();
+            for (id, add, deadline, reply) in std::mem::take(&mut self.member_waiters) {
+                if voters.contains(&id) == add {
+                    let _ = reply.send(Response::ok(&voters));
+                } else if deadline <= now {
+                    let _ = reply.send(Response::err(format!(
+                        "the membership change was not applied in time (voters now {voters:?})"
+                    )));
+                } else {
+                    self.member_waiters.push((id, add, deadline, reply));
+                }
+            }
         }
         if !self.apply_waiters.is_empty() {
             let applied = replica.state().applied;
@@ -597,6 +622,26 @@ impl Shell<'_> {
                 self.apply_waiters.push((index, deadline, call.reply));
                 self.handle(replica, Output::default());
                 return;
+            }
+            Request::Membership {
+                id,
+                add,
+                timeout_ms,
+            } => {
+                if replica.voters().contains(&id) == add {
+                    Response::ok(replica.voters())
+                } else {
+                    match replica.propose_membership(id, add) {
+                        Ok(out) => {
+                            let deadline =
+                                Instant::now() + Duration::from_millis(timeout_ms.unwrap_or(5000));
+                            self.member_waiters.push((id, add, deadline, call.reply));
+                            self.handle(replica, out);
+                            return;
+                        }
+                        Err(e) => Response::err(e),
+                    }
+                }
             }
             Request::Events { since } => {
                 let list: Vec<&EventRecord> =

@@ -212,7 +212,11 @@ pub fn fuzz_untrusted(data: &[u8]) {
     if let Some(echo) = EchoRepr::parse(data) {
         // 0x0000 and 0xffff are both a valid zero checksum: compare the fields.
         let again = echo.emit();
-        assert_eq!(EchoRepr::parse(&again), Some(echo), "a parsed echo re-emits to the same echo");
+        assert_eq!(
+            EchoRepr::parse(&again),
+            Some(echo),
+            "a parsed echo re-emits to the same echo"
+        );
     }
     let _ = parse_status_line(data);
 }

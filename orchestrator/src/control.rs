@@ -32,6 +32,13 @@ pub enum Request {
         #[serde(default)]
         timeout_ms: Option<u64>,
     },
+    /// Adds (`add`) or removes a voter; answers once the change is applied here.
+    Membership {
+        id: NodeId,
+        add: bool,
+        #[serde(default)]
+        timeout_ms: Option<u64>,
+    },
     /// Detection events recorded here with sequence number above `since`.
     Events {
         #[serde(default)]

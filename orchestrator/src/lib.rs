@@ -18,3 +18,4 @@ pub mod sim;
 pub mod state;
 pub mod tls;
 pub mod transport;
+pub mod watch;

@@ -54,6 +54,19 @@ enum Cmd {
     },
     /// Commit an operator note to the audit log (and report the commit latency).
     Note { text: String },
+    /// Add or remove a voting appliance at run time.
+    Member {
+        #[command(subcommand)]
+        change: MemberChange,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MemberChange {
+    /// Add appliance ID as a voter (every appliance's config must list it as a peer).
+    Add { id: u64 },
+    /// Remove appliance ID from the voters.
+    Remove { id: u64 },
 }
 
 fn socket_of(cli: &Cli) -> Result<PathBuf> {
@@ -123,6 +136,20 @@ fn main() -> Result<()> {
         Cmd::Status => call(&socket_of(&cli)?, Request::Status),
         Cmd::State => call(&socket_of(&cli)?, Request::State),
         Cmd::Events { since } => call(&socket_of(&cli)?, Request::Events { since: *since }),
+        Cmd::Member { change } => {
+            let (id, add) = match change {
+                MemberChange::Add { id } => (*id, true),
+                MemberChange::Remove { id } => (*id, false),
+            };
+            call(
+                &socket_of(&cli)?,
+                Request::Membership {
+                    id,
+                    add,
+                    timeout_ms: None,
+                },
+            )
+        }
         Cmd::Note { text } => call(
             &socket_of(&cli)?,
             Request::Propose {

@@ -275,6 +275,25 @@ impl Sim {
         }
     }
 
+    /// Proposes adding (`add`) or removing voter `node`, at appliance `at`.
+    pub fn propose_membership(&mut self, at: NodeId, node: NodeId, add: bool) -> bool {
+        let Some(r) = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.id == at)
+            .and_then(|n| n.replica.as_mut())
+        else {
+            return false;
+        };
+        match r.propose_membership(node, add) {
+            Ok(out) => {
+                let _ = self.handle(at, out);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Runs until virtual time `until_ms`, checking invariants.
     pub fn run_until(&mut self, until_ms: u64) -> Result<(), Violation> {
         while self.now_ms < until_ms {

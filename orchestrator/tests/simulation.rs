@@ -198,3 +198,34 @@ fn a_follower_forwards_proposals_after_a_partition_and_a_crash() {
         assert!(after > before, "seed {seed}: a forwarded proposal did not commit with 2 of 3 up (leader {leader}, proposer {proposer}, crashed {victim})");
     }
 }
+
+#[test]
+fn voters_are_removed_and_added_at_run_time() {
+    let mut sim = Sim::new(21, 3);
+    sim.run_until(3_000).unwrap();
+    let leader = sim.leader().unwrap();
+    let gone = sim.ids().into_iter().find(|&i| i != leader).unwrap();
+    assert!(sim.propose_membership(leader, gone, false));
+    sim.run_until(4_000).unwrap();
+    assert!(
+        !sim.replica(leader).unwrap().voters().contains(&gone),
+        "the voter was not removed"
+    );
+    // With two voters left, losing the removed one costs nothing.
+    sim.crash(gone);
+    let before = sim.replica(leader).unwrap().state().applied;
+    assert!(sim.propose(leader));
+    sim.run_until(5_000).unwrap();
+    assert!(
+        sim.replica(leader).unwrap().state().applied > before,
+        "2 of 2 voters did not commit"
+    );
+    // Back in: it restarts from its log and catches up.
+    let leader = sim.leader().unwrap();
+    assert!(sim.propose_membership(leader, gone, true));
+    sim.run_until(6_000).unwrap();
+    sim.restart(gone);
+    sim.settle(10_000).unwrap();
+    sim.check_converged().unwrap();
+    assert!(sim.replica(gone).unwrap().voters().contains(&gone));
+}

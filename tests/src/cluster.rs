@@ -104,6 +104,20 @@ impl Appliance {
         )?)
     }
 
+    /// Adds (`add`) or removes voter `id`; returns the voters afterwards.
+    pub fn membership(&self, id: u64, add: bool) -> Result<Vec<u64>> {
+        let req = Request::Membership {
+            id,
+            add,
+            timeout_ms: Some(5000),
+        };
+        Ok(control::call_as(
+            &self.socket,
+            &req,
+            Duration::from_secs(10),
+        )?)
+    }
+
     /// Commits any command here.
     pub fn propose(&self, command: StateCommand) -> Result<ProposeReply> {
         let req = Request::Propose {

@@ -139,6 +139,19 @@ fn replication_partition_and_recovery_from_disk() {
     assert!(!b.has_note("while-b-was-dead").unwrap());
     wan::apply(&mut lab, &WanState::default()).unwrap();
     wait_note(&cluster, "b", "while-b-was-dead", Duration::from_secs(10));
+
+    // Membership at run time: remove B; A and W (2 of 2) go on without it;
+    // add it back and it catches up.
+    let voters = a.membership(b.id, false).expect("B removed");
+    assert_eq!(voters, vec![a.id, w.id]);
+    lab.kill_appliance(&b, libc::SIGKILL).unwrap();
+    w.note("two-voters", Duration::from_secs(5))
+        .expect("A and W commit as the only voters");
+    let voters = w.membership(b.id, true).expect("B added back");
+    assert_eq!(voters, vec![a.id, b.id, w.id]);
+    lab.start_appliance(&cluster, &b).unwrap();
+    wait_note(&cluster, "b", "two-voters", Duration::from_secs(10));
+
     let (sa, sb, sw) = (a.state().unwrap(), b.state().unwrap(), w.state().unwrap());
     let applied = sa.applied.min(sb.applied).min(sw.applied);
     assert!(applied > 10);
