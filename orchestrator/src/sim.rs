@@ -9,7 +9,11 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use raft::prelude::Message;
 
+use crate::detect::{Detector, DetectorConfig, DetectorEvent, PathId, PeerHealth};
 use crate::logstore::LogStore;
+use crate::monitor::{
+    assign_watchers, Monitor, MonitorConfig, MonitorEvent, ServiceCheck, VmTarget,
+};
 use crate::replica::{Output, ProposalId, Replica, ELECTION_TICKS, TICK};
 use crate::state::{Command, NodeId, Proposal};
 
@@ -61,12 +65,24 @@ struct SimNode {
     incarnation: u64,
     /// Ticks are staggered per node.
     next_tick_ms: u64,
+    /// The failure detector and the P1/P2 monitor, when detection is on (lost in a crash).
+    watch: Option<Watching>,
+}
+
+#[derive(Debug)]
+struct Watching {
+    detector: Detector,
+    monitor: Monitor,
+    next_hb_ms: u64,
+    hb_seq: u64,
 }
 
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct InFlight {
     at_ms: u64,
     seq: u64,
+    /// A heartbeat rather than a Raft message.
+    heartbeat: bool,
     bytes: Vec<u8>,
     from: NodeId,
     to: NodeId,
@@ -103,6 +119,13 @@ pub struct Sim {
     committed: BTreeMap<u64, String>,
     proposals: Vec<Tracked>,
     pub stats: SimStats,
+    /// VMs watched when detection is on.
+    vms: Option<Vec<String>>,
+    last_detect_ms: Option<u64>,
+    /// (time, observer, event) of every detector event.
+    pub detections: Vec<(u64, NodeId, DetectorEvent)>,
+    /// (time, new watcher, vm, old watcher) of every P2 takeover.
+    pub takeovers: Vec<(u64, NodeId, String, NodeId)>,
 }
 
 /// What happened in a run (for the test's summary).
@@ -115,6 +138,7 @@ pub struct SimStats {
     pub partitions: u64,
     pub delivered: u64,
     pub dropped: u64,
+    pub heartbeats: u64,
 }
 
 impl Sim {
@@ -133,6 +157,7 @@ impl Sim {
                     store,
                     incarnation: 1,
                     next_tick_ms: rng.below(TICK.as_millis() as u64),
+                    watch: None,
                 }
             })
             .collect();
@@ -149,6 +174,134 @@ impl Sim {
             committed: BTreeMap::new(),
             proposals: Vec::new(),
             stats: SimStats::default(),
+            vms: None,
+            last_detect_ms: None,
+            detections: Vec::new(),
+            takeovers: Vec::new(),
+        }
+    }
+
+    /// Turns on heartbeats, failure detectors and P1/P2 monitors (default
+    /// settings) at every node, watching `vms`.
+    pub fn enable_detection(&mut self, vms: &[&str]) {
+        self.vms = Some(vms.iter().map(|v| v.to_string()).collect());
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].replica.is_some() {
+                self.nodes[i].watch = Some(self.watching(self.nodes[i].id, true));
+            }
+        }
+    }
+
+    /// A fresh detector and monitor for `id`; `assume_live` starts with every
+    /// peer taken as live (a cluster start) instead of none (a restart).
+    fn watching(&mut self, id: NodeId, assume_live: bool) -> Watching {
+        let ids = self.ids();
+        let now = std::time::Duration::from_millis(self.now_ms);
+        let mut detector = Detector::new(DetectorConfig::default(), id);
+        for &p in ids.iter().filter(|&&p| p != id) {
+            detector.add_peer(p, &[PathId::WAN], now);
+        }
+        let vms = self.vms.clone().unwrap_or_default();
+        let assigned = assign_watchers(&vms, &ids);
+        let mut monitor = Monitor::new(id);
+        monitor.set_assignments(
+            assigned
+                .into_iter()
+                .map(|(vm, w)| {
+                    let target = VmTarget {
+                        addr: std::net::Ipv4Addr::new(10, 70, 0, 10),
+                        service: ServiceCheck::Tcp { port: 80 },
+                        config: MonitorConfig::default(),
+                    };
+                    (vm, (w, target))
+                })
+                .collect(),
+        );
+        let live: BTreeSet<NodeId> = if assume_live {
+            ids.iter().copied().collect()
+        } else {
+            BTreeSet::from([id])
+        };
+        monitor.set_live(live);
+        Watching {
+            detector,
+            monitor,
+            next_hb_ms: self.now_ms + self.rng.below(20),
+            hb_seq: 0,
+        }
+    }
+
+    /// Whether `id` is the active watcher of `vm` now.
+    pub fn is_watching(&self, id: NodeId, vm: &str) -> bool {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .and_then(|n| n.watch.as_ref())
+            .is_some_and(|w| w.monitor.is_watching(vm))
+    }
+
+    /// The P1 and P2 of `vm`, as every node computes them.
+    pub fn watchers_of(&self, vm: &str) -> Option<crate::monitor::Watchers> {
+        let vms = self.vms.clone()?;
+        assign_watchers(&vms, &self.ids()).remove(vm)
+    }
+
+    /// Runs heartbeats and detectors due at `now_ms` at node index `i`.
+    fn detect(&mut self, i: usize) {
+        let now_ms = self.now_ms;
+        let now = std::time::Duration::from_millis(now_ms);
+        let id = self.nodes[i].id;
+        let peers: Vec<NodeId> = self.ids().into_iter().filter(|&p| p != id).collect();
+        let Some(w) = self.nodes[i].watch.as_mut() else {
+            return;
+        };
+        let mut sends = Vec::new();
+        if w.next_hb_ms <= now_ms {
+            w.next_hb_ms = now_ms + 20;
+            if w.detector.heartbeats_due(now) {
+                w.hb_seq += 1;
+                sends.extend(peers.iter().copied());
+            }
+        }
+        let events = w.detector.poll(now);
+        let mut took = Vec::new();
+        if !events.is_empty() {
+            let mut live: BTreeSet<NodeId> = peers
+                .iter()
+                .copied()
+                .filter(|&p| {
+                    matches!(
+                        w.detector.health(p),
+                        PeerHealth::Up | PeerHealth::Degraded { .. }
+                    )
+                })
+                .collect();
+            live.insert(id);
+            for e in w.monitor.set_live(live) {
+                if let MonitorEvent::TookOver { vm, from } = e {
+                    took.push((now_ms, id, vm, from));
+                }
+            }
+        }
+        self.detections
+            .extend(events.into_iter().map(|e| (now_ms, id, e)));
+        self.takeovers.extend(took);
+        for to in sends {
+            self.stats.heartbeats += 1;
+            if self.rng.chance(self.loss) {
+                self.stats.dropped += 1;
+                continue;
+            }
+            let delay = 1 + self.rng.below(10);
+            self.seq += 1;
+            self.net.push(Reverse(InFlight {
+                at_ms: now_ms + delay,
+                seq: self.seq,
+                heartbeat: true,
+                bytes: Vec::new(),
+                from: id,
+                to,
+            }));
         }
     }
 
@@ -219,6 +372,7 @@ impl Sim {
     /// Crashes `id`: everything not written to its log store is lost.
     pub fn crash(&mut self, id: NodeId) {
         if let Some(n) = self.nodes.iter_mut().find(|n| n.id == id) {
+            n.watch = None;
             if n.replica.take().is_some() {
                 self.stats.crashes += 1;
             }
@@ -238,6 +392,9 @@ impl Sim {
         let (store, inc) = (self.nodes[i].store.clone(), self.nodes[i].incarnation);
         let replica = Self::boot(&mut self.rng, id, &voters, &store, inc);
         self.nodes[i].replica = Some(replica);
+        if self.vms.is_some() {
+            self.nodes[i].watch = Some(self.watching(id, false));
+        }
     }
 
     /// Proposes a note at `id`; returns whether the replica took it.
@@ -308,9 +465,30 @@ impl Sim {
                 .peek()
                 .map(|Reverse(m)| m.at_ms)
                 .unwrap_or(u64::MAX);
-            let t = next_tick.min(next_msg).min(until_ms);
+            let next_detect = self
+                .nodes
+                .iter()
+                .filter_map(|n| n.watch.as_ref())
+                .map(|w| {
+                    let d = w
+                        .detector
+                        .next_deadline()
+                        .map(|d| d.as_millis() as u64)
+                        .unwrap_or(u64::MAX);
+                    w.next_hb_ms.min(d)
+                })
+                .min()
+                // A detector deadline already handled at this instant waits a millisecond.
+                .map(|t| t.max(self.last_detect_ms.map_or(0, |l| l + 1)))
+                .unwrap_or(u64::MAX);
+            let t = next_tick.min(next_msg).min(next_detect).min(until_ms);
             self.now_ms = t;
-            if next_msg <= t {
+            if next_detect <= t && next_detect < next_msg.min(next_tick) {
+                self.last_detect_ms = Some(t);
+                for i in 0..self.nodes.len() {
+                    self.detect(i);
+                }
+            } else if next_msg <= t {
                 let Reverse(m) = self.net.pop().expect("peeked");
                 self.deliver(m)?;
             } else if next_tick <= t {
@@ -342,6 +520,14 @@ impl Sim {
         let Some(i) = self.nodes.iter().position(|n| n.id == m.to) else {
             return Ok(());
         };
+        if m.heartbeat {
+            let now = std::time::Duration::from_millis(self.now_ms);
+            if let Some(w) = self.nodes[i].watch.as_mut() {
+                w.detector.on_heartbeat(m.from, PathId::WAN, now);
+            }
+            self.detect(i);
+            return Ok(());
+        }
         let Some(r) = self.nodes[i].replica.as_mut() else {
             self.stats.dropped += 1;
             return Ok(());
@@ -441,6 +627,7 @@ impl Sim {
         self.net.push(Reverse(InFlight {
             at_ms: self.now_ms + delay,
             seq: self.seq,
+            heartbeat: false,
             bytes: crate::replica::encode_message(&msg),
             from,
             to,

@@ -229,3 +229,159 @@ fn voters_are_removed_and_added_at_run_time() {
     sim.check_converged().unwrap();
     assert!(sim.replica(gone).unwrap().voters().contains(&gone));
 }
+
+mod detection {
+    use super::*;
+    use hinan_orchestrator::detect::DetectorEvent;
+
+    const VMS: [&str; 6] = ["lms1", "lms2", "lms3", "lms4", "lms5", "lms6"];
+
+    fn site_down_at(sim: &Sim, observer: u64, peer: u64, after: u64) -> Option<u64> {
+        sim.detections
+            .iter()
+            .find(|(t, o, e)| {
+                *t >= after && *o == observer && *e == DetectorEvent::SiteDown { peer }
+            })
+            .map(|(t, _, _)| *t)
+    }
+
+    #[test]
+    fn a_crashed_appliance_is_reported_down_in_time_and_p2_takes_over() {
+        for seed in 0..20 {
+            let mut sim = Sim::new(500 + seed, 3);
+            sim.enable_detection(&VMS);
+            sim.run_until(2_000).unwrap();
+            assert!(
+                sim.detections
+                    .iter()
+                    .all(|(_, _, e)| !matches!(e, DetectorEvent::SiteDown { .. })),
+                "seed {seed}: a false site-down before any failure: {:?}",
+                sim.detections
+            );
+            // Every VM has exactly one active watcher, its P1.
+            for vm in VMS {
+                let w = sim.watchers_of(vm).unwrap();
+                let active: Vec<u64> = sim
+                    .ids()
+                    .into_iter()
+                    .filter(|&n| sim.is_watching(n, vm))
+                    .collect();
+                assert_eq!(
+                    active,
+                    vec![w.p1],
+                    "seed {seed}: {vm} watched by {active:?}"
+                );
+            }
+            let victim = 1 + seed % 3;
+            let t0 = sim.now_ms();
+            sim.crash(victim);
+            sim.run_until(t0 + 500).unwrap();
+            for observer in sim.ids().into_iter().filter(|&n| n != victim) {
+                let at = site_down_at(&sim, observer, victim, t0).unwrap_or_else(|| {
+                    panic!("seed {seed}: {observer} never reported {victim} down")
+                });
+                // 240 ms after the last heartbeat heard, and a heartbeat sent just
+                // before the crash may still arrive up to 10 ms (the simulated
+                // network's largest delay) after it.
+                assert!(
+                    at - t0 <= 250,
+                    "seed {seed}: {observer} reported {victim} down after {} ms",
+                    at - t0
+                );
+            }
+            // Its P1 VMs now have their P2 watching, within the same time.
+            for vm in VMS {
+                let w = sim.watchers_of(vm).unwrap();
+                if w.p1 == victim {
+                    let p2 = w.p2.unwrap();
+                    assert!(
+                        sim.is_watching(p2, vm),
+                        "seed {seed}: P2 {p2} of {vm} did not take over"
+                    );
+                    let took = sim
+                        .takeovers
+                        .iter()
+                        .find(|(t, by, v, from)| {
+                            *t >= t0 && *by == p2 && v == vm && *from == victim
+                        })
+                        .expect("a takeover event");
+                    assert!(
+                        took.0 - t0 <= 250,
+                        "seed {seed}: takeover after {} ms",
+                        took.0 - t0
+                    );
+                } else {
+                    assert!(
+                        sim.is_watching(w.p1, vm),
+                        "seed {seed}: {vm}'s live P1 stopped watching"
+                    );
+                    assert!(
+                        !w.p2.is_some_and(|p2| sim.is_watching(p2, vm)),
+                        "seed {seed}: {vm} watched twice"
+                    );
+                }
+            }
+            // Back: P1 resumes and P2 stands down.
+            sim.restart(victim);
+            sim.run_until(sim.now_ms() + 3_000).unwrap();
+            for vm in VMS {
+                let w = sim.watchers_of(vm).unwrap();
+                let active: Vec<u64> = sim
+                    .ids()
+                    .into_iter()
+                    .filter(|&n| sim.is_watching(n, vm))
+                    .collect();
+                assert_eq!(
+                    active,
+                    vec![w.p1],
+                    "seed {seed}: after the restart {vm} is watched by {active:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn five_percent_loss_raises_no_false_site_down() {
+        let mut sim = Sim::new(77, 3);
+        sim.loss = 0.05;
+        sim.enable_detection(&VMS);
+        sim.run_until(120_000).unwrap();
+        let downs: Vec<_> = sim
+            .detections
+            .iter()
+            .filter(|(_, _, e)| {
+                matches!(
+                    e,
+                    DetectorEvent::SiteDown { .. } | DetectorEvent::PathDown { .. }
+                )
+            })
+            .collect();
+        assert!(downs.is_empty(), "false downs under 5 % loss: {downs:?}");
+        assert!(
+            sim.stats.dropped > 1000,
+            "the loss did not happen: {:?}",
+            sim.stats
+        );
+    }
+
+    #[test]
+    fn a_partition_is_seen_from_both_sides_and_heals() {
+        let mut sim = Sim::new(99, 3);
+        sim.enable_detection(&VMS);
+        sim.run_until(2_000).unwrap();
+        let t0 = sim.now_ms();
+        sim.partition(vec![BTreeSet::from([1]), BTreeSet::from([2, 3])]);
+        sim.run_until(t0 + 500).unwrap();
+        assert!(site_down_at(&sim, 1, 2, t0).is_some() && site_down_at(&sim, 1, 3, t0).is_some());
+        assert!(site_down_at(&sim, 2, 1, t0).is_some() && site_down_at(&sim, 3, 1, t0).is_some());
+        assert!(site_down_at(&sim, 2, 3, t0).is_none(), "2 and 3 still talk");
+        sim.heal();
+        let t1 = sim.now_ms();
+        sim.run_until(t1 + 3_000).unwrap();
+        let up = sim
+            .detections
+            .iter()
+            .any(|(t, o, e)| *t >= t1 && *o == 2 && *e == DetectorEvent::SiteUp { peer: 1 });
+        assert!(up, "2 never saw 1 again after healing");
+    }
+}
