@@ -1,4 +1,13 @@
 //! hinan's dataplane: frame devices (TAP), the learning bridge between the campus
 //! segment and tunnel peers, and the reverse NAT programmed into the kernel.
 //!
-//! Nothing is implemented here yet: the L2 VPN and reverse-NAT issues fill it.
+//! The L2 VPN's pure core is here: [`bridge::Bridge`] decides where each frame
+//! goes (learning, flooding, split horizon, MSS clamping) from the frame and
+//! the time it is given, and [`device::FrameDevice`] is the seam a shell will
+//! drive it through. The TAP device, the tunnel transport and the reverse NAT
+//! are still to come.
+
+pub mod bridge;
+pub mod device;
+pub mod mss;
+pub mod wire;
