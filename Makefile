@@ -5,7 +5,7 @@
 CARGO ?= cargo
 LAB := ./target/debug/hinan-lab
 
-.PHONY: test demo bench build lab-down fmt lint
+.PHONY: test demo bench build lab-down fmt lint fuzz
 
 test:
 	bash .ci/deps.sh test
@@ -45,3 +45,12 @@ fmt:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Builds the fuzz targets on stable (libFuzzer without coverage guidance) and
+# runs each for FUZZ_SECONDS; `cargo +nightly fuzz run TARGET` for real coverage.
+FUZZ_SECONDS ?= 30
+fuzz:
+	cd fuzz && CARGO_TARGET_DIR=../target/fuzz $(CARGO) build
+	for t in heartbeat monitor_replies raft_message control_request bridge_input etherip; do \
+		./target/fuzz/debug/$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 2>&1 | grep -E 'executed_units|ERROR' || exit 1; \
+	done
