@@ -4,13 +4,12 @@
 //! `hinan run`, started by PID and recorded like every other lab process.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::fs;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use hinan_orchestrator::control::{
     self, AppliedReply, EventRecord, ProposeReply, Request, StatusReply,
 };
@@ -166,17 +165,7 @@ impl Appliance {
 
 /// The `hinan` binary.
 pub fn hinan_binary() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("HINAN_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe()?;
-    for dir in exe.ancestors().skip(1).take(2) {
-        let cand = dir.join("hinan");
-        if cand.is_file() {
-            return Ok(cand);
-        }
-    }
-    bail!("cannot find the hinan binary (build it with `cargo build -p hinan-orchestrator`, or set HINAN_BIN)")
+    sys::workspace_binary("hinan", "HINAN_BIN", "hinan-orchestrator")
 }
 
 /// The lab's appliances.
@@ -305,30 +294,14 @@ impl Lab {
     /// Starts (or restarts) one appliance and waits for its control socket.
     pub fn start_appliance(&mut self, cluster: &Cluster, a: &Appliance) -> Result<()> {
         let _ = fs::remove_file(&a.socket);
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&a.log)?;
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &a.ns])
-            .arg(&cluster.bin)
-            .arg("--config")
-            .arg(&a.config)
-            .arg("run")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        // SAFETY: setsid is async-signal-safe; the appliance is a daemon of the lab's.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::setsid();
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().context("starting hinan")?;
-        let rec = ProcRecord::of(&a.role(), child.id() as i32).context("hinan exited at once")?;
+        let args = [
+            OsStr::new("--config"),
+            a.config.as_os_str(),
+            OsStr::new("run"),
+        ];
+        let pid = sys::spawn_daemon_in(&a.ns, cluster.bin.as_os_str(), &args, &a.log)?;
+        let rec = ProcRecord::of(&a.role(), pid as i32).context("hinan exited at once")?;
         self.record(rec)?;
-        let start = Instant::now();
         sys::wait_for(
             &format!("{} to answer on its control socket", a.name),
             Duration::from_secs(10),
@@ -336,7 +309,6 @@ impl Lab {
             || Ok(a.status().ok()),
         )
         .with_context(|| format!("{}'s log:\n{}", a.name, tail(&a.log)))?;
-        let _ = start;
         Ok(())
     }
 

@@ -67,14 +67,18 @@ pub fn replication(cluster: &Cluster, from: &str, n: usize) -> Result<Replicatio
     Ok(out)
 }
 
-/// Kills `victim`'s appliance with SIGKILL `n` times, restarting it in
-/// between, and returns how long each observer took to report its site down, in ms.
-pub fn detection_trials(
+/// Fails `victim` `n` times with `fail` and undoes it with `restore`,
+/// returning how long each observer took to report its site down, in ms,
+/// from just before `fail`. Waits for every observer to see it up again
+/// between trials.
+fn fault_trials(
     lab: &mut Lab,
     cluster: &Cluster,
     victim: &str,
     observers: &[&str],
     n: usize,
+    mut fail: impl FnMut(&mut Lab, &Appliance) -> Result<()>,
+    mut restore: impl FnMut(&mut Lab, &Appliance) -> Result<()>,
 ) -> Result<BTreeMap<String, Vec<f64>>> {
     let v = cluster.get(victim)?.clone();
     let obs: Vec<Appliance> = observers
@@ -85,7 +89,7 @@ pub fn detection_trials(
     for trial in 0..n {
         let since: Vec<u64> = obs.iter().map(|o| o.last_event()).collect::<Result<_>>()?;
         let t0 = unix_us();
-        lab.kill_appliance(&v, libc::SIGKILL)?;
+        fail(lab, &v)?;
         for (o, s) in obs.iter().zip(&since) {
             let e = o
                 .wait_event(*s, "site-down", Some(v.id), Duration::from_secs(3))
@@ -101,13 +105,62 @@ pub fn detection_trials(
                 .push(e.at_unix_us.saturating_sub(t0) as f64 / 1000.0);
         }
         let since: Vec<u64> = obs.iter().map(|o| o.last_event()).collect::<Result<_>>()?;
-        lab.start_appliance(cluster, &v)?;
+        restore(lab, &v)?;
         for (o, s) in obs.iter().zip(&since) {
             o.wait_event(*s, "site-up", Some(v.id), Duration::from_secs(5))
                 .with_context(|| format!("trial {trial}: {} never saw {victim} again", o.name))?;
         }
     }
     Ok(out)
+}
+
+/// Kills `victim`'s appliance with SIGKILL `n` times, restarting it in
+/// between: how long each observer took to report its site down, in ms.
+pub fn detection_trials(
+    lab: &mut Lab,
+    cluster: &Cluster,
+    victim: &str,
+    observers: &[&str],
+    n: usize,
+) -> Result<BTreeMap<String, Vec<f64>>> {
+    fault_trials(
+        lab,
+        cluster,
+        victim,
+        observers,
+        n,
+        |lab, v| lab.kill_appliance(v, libc::SIGKILL),
+        |lab, v| lab.start_appliance(cluster, v),
+    )
+}
+
+/// Cuts `victim`'s WAN link `n` times (a silent site loss: nothing is sent,
+/// the cable is gone), restoring it in between: how long each observer took
+/// to report the site down, in ms, from just before the cut.
+pub fn cut_trials(
+    lab: &mut Lab,
+    cluster: &Cluster,
+    victim: &str,
+    observers: &[&str],
+    n: usize,
+) -> Result<BTreeMap<String, Vec<f64>>> {
+    let mut cut = WanState::default();
+    cut.set_link(
+        victim,
+        LinkImpairment {
+            down: true,
+            ..Default::default()
+        },
+    );
+    fault_trials(
+        lab,
+        cluster,
+        victim,
+        observers,
+        n,
+        |lab, _| wan::apply(lab, &cut),
+        |lab, _| wan::apply(lab, &WanState::default()),
+    )
 }
 
 /// What a soak saw.
@@ -167,52 +220,4 @@ pub fn soak(lab: &mut Lab, cluster: &Cluster, loss_pct: f64, duration: Duration)
         false_downs,
         commits,
     })
-}
-
-/// Cuts `victim`'s WAN link `n` times (a silent site loss: nothing is sent,
-/// the cable is gone), restoring it in between, and returns how long each
-/// observer took to report the site down, in ms, from just before the cut.
-pub fn cut_trials(
-    lab: &mut Lab,
-    cluster: &Cluster,
-    victim: &str,
-    observers: &[&str],
-    n: usize,
-) -> Result<BTreeMap<String, Vec<f64>>> {
-    let v = cluster.get(victim)?.clone();
-    let obs: Vec<Appliance> = observers
-        .iter()
-        .map(|o| cluster.get(o).cloned())
-        .collect::<Result<_>>()?;
-    let mut cut = WanState::default();
-    cut.set_link(
-        victim,
-        LinkImpairment {
-            down: true,
-            ..Default::default()
-        },
-    );
-    let mut out: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    for trial in 0..n {
-        let since: Vec<u64> = obs.iter().map(|o| o.last_event()).collect::<Result<_>>()?;
-        let t0 = unix_us();
-        wan::apply(lab, &cut)?;
-        for (o, s) in obs.iter().zip(&since) {
-            let e = o
-                .wait_event(*s, "site-down", Some(v.id), Duration::from_secs(3))
-                .with_context(|| {
-                    format!("trial {trial}: {} did not report {victim} down", o.name)
-                })?;
-            out.entry(o.site.clone())
-                .or_default()
-                .push(e.at_unix_us.saturating_sub(t0) as f64 / 1000.0);
-        }
-        let since: Vec<u64> = obs.iter().map(|o| o.last_event()).collect::<Result<_>>()?;
-        wan::apply(lab, &WanState::default())?;
-        for (o, s) in obs.iter().zip(&since) {
-            o.wait_event(*s, "site-up", Some(v.id), Duration::from_secs(5))
-                .with_context(|| format!("trial {trial}: {} never saw {victim} again", o.name))?;
-        }
-    }
-    Ok(out)
 }

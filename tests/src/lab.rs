@@ -59,6 +59,16 @@ pub struct LabSpec {
     pub virt_type: String,
 }
 
+impl LabSpec {
+    /// Campuses, client and WAN only: no Open vSwitch, no libvirt (fast).
+    pub fn wan_only() -> LabSpec {
+        LabSpec {
+            hypervisors: false,
+            ..LabSpec::default()
+        }
+    }
+}
+
 impl Default for LabSpec {
     fn default() -> Self {
         LabSpec {

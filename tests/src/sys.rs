@@ -125,3 +125,58 @@ fn command_line<S: AsRef<OsStr>>(program: &str, args: &[S]) -> String {
     }
     line
 }
+
+/// Finds one of the workspace's binaries: `$env` if set, the running
+/// executable if it is `name`, else next to it (test binaries live in
+/// `target/<profile>/deps`, the binaries one level up).
+pub fn workspace_binary(name: &str, env: &str, package: &str) -> Result<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
+        return Ok(std::path::PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    if exe.file_name().is_some_and(|n| n == name) {
+        return Ok(exe);
+    }
+    for dir in exe.ancestors().skip(1).take(2) {
+        let cand = dir.join(name);
+        if cand.is_file() {
+            return Ok(cand);
+        }
+    }
+    bail!("cannot find the {name} binary (build it with `cargo build -p {package}`, or set {env})")
+}
+
+/// Starts `program args…` inside namespace `ns` as a daemon of the lab: in a
+/// session of its own (so it outlives the command that started it), output
+/// appended to `log`. Returns its PID (`ip netns exec` execs the program).
+pub fn spawn_daemon_in<S: AsRef<OsStr>>(
+    ns: &str,
+    program: &OsStr,
+    args: &[S],
+    log: &std::path::Path,
+) -> Result<u32> {
+    use std::os::unix::process::CommandExt;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns])
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", program.to_string_lossy()))?;
+    Ok(child.id())
+}

@@ -16,7 +16,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -212,31 +211,19 @@ fn set_delay(lab: &mut Lab, link: &str, table: u32, delay_ms: u32) -> Result<()>
         return Ok(());
     }
     let bin = lab_binary()?;
-    let log = fs::File::create(lab.run.path.join(format!("wan-delay-{link}.log")))?;
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &wan])
-        .arg(&bin)
-        .args([
+    let pid = sys::spawn_daemon_in(
+        &wan,
+        bin.as_os_str(),
+        &[
             "wan-delay",
             "--dev",
             &dev,
             "--delay-ms",
             &delay_ms.to_string(),
-        ])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    // SAFETY: setsid is async-signal-safe; the relay must outlive a `hinan-lab impair` call.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    let rec = ProcRecord::of(&delay_role(link), child.id() as i32)
+        ],
+        &lab.run.path.join(format!("wan-delay-{link}.log")),
+    )?;
+    let rec = ProcRecord::of(&delay_role(link), pid as i32)
         .context("the WAN delay relay exited at once")?;
     lab.record(rec)?;
     sys::wait_for(
@@ -266,21 +253,7 @@ fn set_delay(lab: &mut Lab, link: &str, table: u32, delay_ms: u32) -> Result<()>
 
 /// The `hinan-lab` binary, which also serves as the delay relay.
 pub fn lab_binary() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("HINAN_LAB_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe()?;
-    if exe.file_name().is_some_and(|n| n == "hinan-lab") {
-        return Ok(exe);
-    }
-    // Test binaries live in target/<profile>/deps; the CLI one level up.
-    for dir in exe.ancestors().skip(1).take(2) {
-        let cand = dir.join("hinan-lab");
-        if cand.is_file() {
-            return Ok(cand);
-        }
-    }
-    bail!("cannot find the hinan-lab binary (build it with `cargo build -p hinan-tests`, or set HINAN_LAB_BIN)")
+    sys::workspace_binary("hinan-lab", "HINAN_LAB_BIN", "hinan-tests")
 }
 
 /// Ping statistics.

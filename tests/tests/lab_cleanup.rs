@@ -10,11 +10,7 @@ use hinan_lab::wan::{self, LinkImpairment, WanState};
 use hinan_lab::{Lab, LabSpec};
 
 fn wan_lab() -> Lab {
-    Lab::up(&LabSpec {
-        hypervisors: false,
-        ..LabSpec::default()
-    })
-    .expect("the lab comes up")
+    Lab::up(&LabSpec::wan_only()).expect("the lab comes up")
 }
 
 #[test]
