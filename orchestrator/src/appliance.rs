@@ -17,14 +17,16 @@ use hinan_orchestrator::logstore::LogStore;
 use hinan_orchestrator::monitor::{
     assign_watchers, CheckKind, Monitor, MonitorConfig, MonitorEvent, ServiceCheck, VmTarget,
 };
-use hinan_orchestrator::replica::{Output, ProposalId, Replica, ELECTION_TICKS, TICK};
+use hinan_orchestrator::replica::{
+    Output, ProposalId, ProposeError, Replica, ELECTION_TICKS, TICK,
+};
 use hinan_orchestrator::state::{Command, Health, NodeId, Proposal, VmCheck};
 use hinan_orchestrator::tls::{self, Identity};
 use hinan_orchestrator::transport::{self, Transport};
 use hinan_orchestrator::watch::StateFeed;
 use raft::prelude::Message;
 use ring::hmac;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 
@@ -148,6 +150,9 @@ pub async fn run(cfg: Config) -> Result<()> {
         me,
         net,
         waiters: HashMap::new(),
+        waiter_of: HashMap::new(),
+        next_waiter: 0,
+        fatal: None,
         events: VecDeque::new(),
         event_seq: 0,
         pending: BTreeMap::new(),
@@ -187,7 +192,10 @@ pub async fn run(cfg: Config) -> Result<()> {
                 shell.retry_waiters(&mut replica);
                 shell.expire_waiters(&replica);
             }
-            Some(e) = det_rx.recv() => {
+            e = det_rx.recv() => {
+                let Some(e) = e else {
+                    bail!("the heartbeat thread stopped: without heartbeats the other appliances would fail this site over");
+                };
                 let mut events = vec![e];
                 while let Ok(more) = det_rx.try_recv() {
                     events.push(more);
@@ -222,6 +230,9 @@ pub async fn run(cfg: Config) -> Result<()> {
                 shell.monitored(&mut replica, events);
             }
         }
+        if let Some(why) = shell.fatal.take() {
+            bail!("stopping: {why}");
+        }
     }
 }
 
@@ -229,7 +240,14 @@ struct Shell<'a> {
     cfg: &'a Config,
     me: NodeId,
     net: Transport,
-    waiters: HashMap<ProposalId, Waiter>,
+    /// Control-socket proposals waiting to commit, by waiter id; a waiter
+    /// may have been proposed under several proposal ids (retries), any of
+    /// which completes it.
+    waiters: HashMap<u64, Waiter>,
+    waiter_of: HashMap<ProposalId, u64>,
+    next_waiter: u64,
+    /// A failure after which the appliance must stop (the log could not be written).
+    fatal: Option<String>,
     events: VecDeque<EventRecord>,
     event_seq: u64,
     pending: BTreeMap<String, PendingReport>,
@@ -297,7 +315,11 @@ impl Shell<'_> {
             self.vms_changed = true;
         }
         for (pid, index, rejected) in out.completed {
-            if let Some(w) = self.waiters.remove(&pid) {
+            let done = self.waiter_of.remove(&pid).and_then(|wid| {
+                self.waiter_of.retain(|_, w| *w != wid);
+                self.waiters.remove(&wid)
+            });
+            if let Some(w) = done {
                 let resp = match rejected {
                     None => Response::ok(ProposeReply {
                         index,
@@ -323,19 +345,19 @@ impl Shell<'_> {
         }
     }
 
-    fn propose(&mut self, replica: &mut Replica, command: Command) -> Result<ProposalId, String> {
-        let p = self.proposal(command, None);
-        self.propose_as_is(replica, &p)
-    }
-
-    fn propose_as_is(&mut self, replica: &mut Replica, p: &Proposal) -> Result<ProposalId, String> {
-        match replica.propose(p) {
-            Ok((pid, out)) => {
-                self.handle(replica, out);
-                Ok(pid)
+    /// Proposes `p`; the caller records the proposal id, then hands the output
+    /// to [`Self::handle`] (with a single voter it may already hold the commit).
+    fn propose_as_is(
+        &mut self,
+        replica: &mut Replica,
+        p: &Proposal,
+    ) -> Result<(ProposalId, Output), String> {
+        replica.propose(p).map_err(|e| {
+            if matches!(e, ProposeError::Storage(_)) {
+                self.fatal = Some(e.to_string());
             }
-            Err(e) => Err(e.to_string()),
-        }
+            e.to_string()
+        })
     }
 
     /// Commits health reports that are not committed yet (the newest per subject).
@@ -347,55 +369,56 @@ impl Shell<'_> {
             .map(|(k, _)| k.clone())
             .collect();
         for k in due {
-            let command = self.pending[&k].command.clone();
-            if let Ok(pid) = self.propose(replica, command) {
-                if let Some(p) = self.pending.get_mut(&k) {
-                    p.proposal = Some((pid, Instant::now()));
+            let p = self.proposal(self.pending[&k].command.clone(), None);
+            if let Ok((pid, out)) = self.propose_as_is(replica, &p) {
+                if let Some(pending) = self.pending.get_mut(&k) {
+                    pending.proposal = Some((pid, Instant::now()));
                 }
+                self.handle(replica, out);
             }
         }
     }
 
     /// A proposal forwarded to a leader that then died, or over a connection
     /// that broke, is lost: propose it again (its request id keeps it from
-    /// applying twice).
+    /// applying twice), once per leader change or second without a commit.
     fn retry_waiters(&mut self, replica: &mut Replica) {
         let st = replica.status();
         let now_under = (st.term, st.leader);
-        let stale: Vec<ProposalId> = self
+        if now_under.1.is_none() {
+            return;
+        }
+        let stale: Vec<u64> = self
             .waiters
             .iter()
-            .filter(|(_, w)| {
-                (w.under != now_under || w.tried.elapsed() > RETRY_AFTER) && now_under.1.is_some()
-            })
+            .filter(|(_, w)| w.under != now_under || w.tried.elapsed() > RETRY_AFTER)
             .map(|(id, _)| *id)
             .collect();
-        for old in stale {
-            let Some(mut w) = self.waiters.remove(&old) else {
+        for wid in stale {
+            let Some(p) = self.waiters.get(&wid).map(|w| w.proposal.clone()) else {
                 continue;
             };
-            w.under = now_under;
-            let p = w.proposal.clone();
-            match self.propose_as_is(replica, &p) {
-                Ok(pid) => {
-                    self.waiters.insert(pid, w);
-                }
-                Err(_) => {
-                    self.waiters.insert(old, w);
-                }
+            if let Some(w) = self.waiters.get_mut(&wid) {
+                w.under = now_under;
+                w.tried = Instant::now();
+            }
+            if let Ok((pid, out)) = self.propose_as_is(replica, &p) {
+                self.waiter_of.insert(pid, wid);
+                self.handle(replica, out);
             }
         }
     }
 
     fn expire_waiters(&mut self, replica: &Replica) {
         let now = Instant::now();
-        let expired: Vec<ProposalId> = self
+        let expired: Vec<u64> = self
             .waiters
             .iter()
             .filter(|(_, w)| w.deadline <= now)
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
+            self.waiter_of.retain(|_, w| *w != id);
             if let Some(w) = self.waiters.remove(&id) {
                 let st = replica.status();
                 let why = match st.leader {
@@ -628,8 +651,16 @@ impl Shell<'_> {
                 add,
                 timeout_ms,
             } => {
-                if replica.voters().contains(&id) == add {
-                    Response::ok(replica.voters())
+                let voters = replica.voters();
+                let known = id == self.me || self.cfg.peers.iter().any(|p| p.id == id);
+                if add && !known {
+                    Response::err(format!(
+                        "appliance {id} is not a [[peer]] in this appliance's configuration: add it there (on every appliance) first"
+                    ))
+                } else if !add && voters.iter().all(|v| *v == id) {
+                    Response::err(format!("removing {id} would leave no voters"))
+                } else if voters.contains(&id) == add {
+                    Response::ok(voters)
                 } else {
                     match replica.propose_membership(id, add) {
                         Ok(out) => {
@@ -658,9 +689,12 @@ impl Shell<'_> {
                 let proposal = self.proposal(command, Some(request));
                 let st = replica.status();
                 match self.propose_as_is(replica, &proposal) {
-                    Ok(pid) => {
+                    Ok((pid, out)) => {
+                        self.next_waiter += 1;
+                        let wid = self.next_waiter;
+                        self.waiter_of.insert(pid, wid);
                         self.waiters.insert(
-                            pid,
+                            wid,
                             Waiter {
                                 reply: call.reply,
                                 start,
@@ -670,6 +704,7 @@ impl Shell<'_> {
                                 tried: Instant::now(),
                             },
                         );
+                        self.handle(replica, out);
                         return;
                     }
                     Err(e) => Response::err(e),
@@ -683,12 +718,15 @@ impl Shell<'_> {
 async fn serve_control(listener: UnixListener, calls: mpsc::Sender<ControlCall>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            // Out of file descriptors, say: do not spin.
+            tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let calls = calls.clone();
         tokio::spawn(async move {
             let (rd, mut wr) = stream.into_split();
-            let mut lines = BufReader::new(rd).lines();
+            // A request is a line of JSON; a connection may send 1 MiB in all.
+            let mut lines = BufReader::new(rd.take(1 << 20)).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 let resp = match serde_json::from_str::<Request>(&line) {
                     Ok(req) => {

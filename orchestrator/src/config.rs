@@ -154,7 +154,18 @@ impl Config {
             return Err("appliance.id must be nonzero".into());
         }
         let mut ids = vec![self.appliance.id];
+        let mut pins = Vec::new();
         for p in &self.peers {
+            if p.id == 0 {
+                return Err(format!("peer {}: id must be nonzero", p.name));
+            }
+            if pins.contains(&p.cert_sha256.to_lowercase()) {
+                return Err(format!(
+                    "peer {} ({}): cert_sha256 is the same as another peer's",
+                    p.id, p.name
+                ));
+            }
+            pins.push(p.cert_sha256.to_lowercase());
             if ids.contains(&p.id) {
                 return Err(format!(
                     "peer id {} is used twice (or is this appliance's own id)",
@@ -175,8 +186,10 @@ impl Config {
         if self.cluster.paths.is_empty() {
             return Err("cluster.paths is empty: name at least one heartbeat path".into());
         }
-        if self.cluster.detect_interval_ms == 0 || self.cluster.detect_multiplier < 2 {
-            return Err("detect_interval_ms must be > 0 and detect_multiplier >= 2".into());
+        if self.cluster.detect_interval_ms == 0
+            || !(2..=255).contains(&self.cluster.detect_multiplier)
+        {
+            return Err("detect_interval_ms must be > 0 and detect_multiplier 2 to 255".into());
         }
         for p in &self.peers {
             if !p.paths.keys().any(|k| self.cluster.paths.contains_key(k)) {

@@ -171,5 +171,7 @@ fn write_private(path: &Path, data: &[u8]) -> Result<()> {
         .open(path)
         .with_context(|| format!("writing {}", path.display()))?;
     f.write_all(data)?;
+    // `mode` applies only to a new file: tighten an existing one too.
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     Ok(())
 }

@@ -45,6 +45,9 @@ pub enum ProposeError {
     Storage(String),
 }
 
+/// The largest command taken, serialized: it must fit a transport frame.
+pub const MAX_PROPOSAL: usize = 1 << 20;
+
 /// A proposal's id, unique per appliance run.
 pub type ProposalId = u64;
 
@@ -356,11 +359,11 @@ impl Replica {
                     let cc = ConfChange::parse_from_bytes(&e.data).map_err(|err| {
                         LogStoreError::Corrupt(format!("entry {}: {err}", e.index))
                     })?;
-                    let cs = self
-                        .node
-                        .apply_conf_change(&cc)
-                        .map_err(|err| LogStoreError::Corrupt(err.to_string()))?;
-                    self.store.set_conf_state(&cs)?;
+                    // A change raft-rs refuses (say, removing the last voter) is
+                    // refused the same way by every replica: skip it.
+                    if let Ok(cs) = self.node.apply_conf_change(&cc) {
+                        self.store.set_conf_state(&cs)?;
+                    }
                     self.state.applied = e.index;
                 }
                 EntryType::EntryConfChangeV2 => {

@@ -163,3 +163,33 @@ fn replication_partition_and_recovery_from_disk() {
         footprint.leftovers()
     );
 }
+
+#[test]
+fn a_lone_appliance_commits_at_once_and_keeps_its_last_voter() {
+    let mut lab = Lab::up(&LabSpec {
+        campuses: 1,
+        ..LabSpec::wan_only()
+    })
+    .expect("the lab comes up");
+    let cluster = lab
+        .start_cluster("")
+        .expect("a single appliance leads itself");
+    let a = cluster.get("a").unwrap();
+    // With one voter a proposal commits inside the call that makes it.
+    let r = a
+        .note("alone", Duration::from_secs(3))
+        .expect("a lone voter commits");
+    assert!(r.index > 0);
+    assert!(a.has_note("alone").unwrap());
+    let err = a
+        .membership(a.id, false)
+        .expect_err("removed the last voter")
+        .to_string();
+    assert!(err.contains("no voters"), "{err}");
+    let err = a
+        .membership(42, true)
+        .expect_err("added an unknown appliance")
+        .to_string();
+    assert!(err.contains("not a [[peer]]"), "{err}");
+    assert_eq!(a.status().unwrap().raft.voters, vec![a.id]);
+}
