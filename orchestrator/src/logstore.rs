@@ -84,6 +84,14 @@ impl LogStore {
             let (k, v) = item.map_err(|e| open_err(&e))?;
             let e = Entry::parse_from_bytes(v.value())
                 .map_err(|err| LogStoreError::Corrupt(format!("entry {}: {err}", k.value())))?;
+            let expected = loaded.last().map_or(1, |p: &Entry| p.index + 1);
+            if e.index != k.value() || e.index != expected {
+                return Err(LogStoreError::Corrupt(format!(
+                    "the entry stored at {} claims index {} where {expected} should follow",
+                    k.value(),
+                    e.index
+                )));
+            }
             loaded.push(e);
         }
         if let Some(first) = loaded.first() {
@@ -100,6 +108,13 @@ impl LogStore {
         if let Some(v) = meta.get("hard_state").map_err(|e| open_err(&e))? {
             let hs = HardState::parse_from_bytes(v.value())
                 .map_err(|e| LogStoreError::Corrupt(format!("hard_state: {e}")))?;
+            let last = loaded.last().map_or(0, |e| e.index);
+            if hs.commit > last {
+                return Err(LogStoreError::Corrupt(format!(
+                    "the hard state says index {} is committed, but the log ends at {last}",
+                    hs.commit
+                )));
+            }
             core.set_hardstate(hs);
         }
         drop(core);
@@ -269,6 +284,37 @@ mod tests {
             ]
         );
         assert_eq!(s.initial_state().unwrap().conf_state.voters, vec![1, 2, 3]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_gap_in_the_log_or_a_commit_past_its_end_is_reported() {
+        let dir = std::env::temp_dir().join(format!("hinan-logstore-gap-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("raft.redb");
+        {
+            let s = LogStore::open(&path).unwrap();
+            s.append(&[entry(1, 1, b"a"), entry(2, 1, b"b")]).unwrap();
+            let mut hs = HardState::default();
+            hs.term = 1;
+            hs.commit = 5;
+            s.set_hardstate(&hs).unwrap();
+        }
+        let err = LogStore::open(&path).unwrap_err().to_string();
+        assert!(err.contains("log ends at 2"), "{err}");
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(ENTRIES).unwrap();
+                let e = entry(4, 1, b"d").write_to_bytes().unwrap();
+                t.insert(4u64, e.as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let err = LogStore::open(&path).unwrap_err().to_string();
+        assert!(err.contains("where 3 should follow"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
