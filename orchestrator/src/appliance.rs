@@ -360,6 +360,18 @@ impl Shell<'_> {
         })
     }
 
+    /// Queues a health report under `key`, replacing an older one not yet
+    /// committed: only the newest view of a subject matters.
+    fn report(&mut self, key: String, command: Command) {
+        self.pending.insert(
+            key,
+            PendingReport {
+                command,
+                proposal: None,
+            },
+        );
+    }
+
     /// Commits health reports that are not committed yet (the newest per subject).
     fn repropose(&mut self, replica: &mut Replica) {
         let due: Vec<String> = self
@@ -493,38 +505,27 @@ impl Shell<'_> {
             );
             if let Some(name) = path_name {
                 let up = kind == "path-up";
-                self.pending.insert(
+                self.report(
                     format!("link/{peer}/{name}"),
-                    PendingReport {
-                        command: Command::ReportLinkHealth {
-                            observer: self.me,
-                            peer,
-                            path: name,
-                            up,
-                        },
-                        proposal: None,
+                    Command::ReportLinkHealth {
+                        observer: self.me,
+                        peer,
+                        path: name,
+                        up,
                     },
                 );
             }
-            let seen = health
-                .lock()
-                .ok()
-                .and_then(|v| v.get(&peer).cloned())
-                .unwrap_or(PeerHealth::Unknown);
-            let health = match seen {
+            let health = match health_of(health, peer) {
                 PeerHealth::Up => Health::Up,
                 PeerHealth::Degraded { .. } => Health::Degraded,
                 PeerHealth::Down | PeerHealth::Unknown => Health::Down,
             };
-            self.pending.insert(
+            self.report(
                 format!("site/{site}"),
-                PendingReport {
-                    command: Command::ReportSiteHealth {
-                        observer: self.me,
-                        site,
-                        health,
-                    },
-                    proposal: None,
+                Command::ReportSiteHealth {
+                    observer: self.me,
+                    site,
+                    health,
                 },
             );
         }
@@ -546,31 +547,25 @@ impl Shell<'_> {
                     let why = self.last_check_error.get(&vm).cloned().unwrap_or_default();
                     let reason = format!("{reason}: {why}");
                     self.record("vm-failed", None, None, format!("{vm} failed: {reason}"));
-                    self.pending.insert(
+                    self.report(
                         format!("vm/{vm}"),
-                        PendingReport {
-                            command: Command::ReportVmHealth {
-                                observer: by,
-                                vm,
-                                ok: false,
-                                reason,
-                            },
-                            proposal: None,
+                        Command::ReportVmHealth {
+                            observer: by,
+                            vm,
+                            ok: false,
+                            reason,
                         },
                     );
                 }
                 MonitorEvent::VmRecovered { vm, by } => {
                     self.record("vm-recovered", None, None, format!("{vm} recovered"));
-                    self.pending.insert(
+                    self.report(
                         format!("vm/{vm}"),
-                        PendingReport {
-                            command: Command::ReportVmHealth {
-                                observer: by,
-                                vm,
-                                ok: true,
-                                reason: "all checks pass".into(),
-                            },
-                            proposal: None,
+                        Command::ReportVmHealth {
+                            observer: by,
+                            vm,
+                            ok: true,
+                            reason: "all checks pass".into(),
                         },
                     );
                 }

@@ -46,33 +46,22 @@ impl Appliance {
         format!("{}/hinan", self.site)
     }
 
-    /// Sends a control request and returns its result.
-    pub fn call(&self, req: &Request) -> Result<serde_json::Value> {
-        Ok(control::call(&self.socket, req, Duration::from_secs(10))?)
+    /// Sends one control request and decodes its result; `wait` is how long
+    /// the appliance may take to answer.
+    fn ask<T: serde::de::DeserializeOwned>(&self, req: Request, wait: Duration) -> Result<T> {
+        Ok(control::call_as(&self.socket, &req, wait)?)
     }
 
     pub fn status(&self) -> Result<StatusReply> {
-        Ok(control::call_as(
-            &self.socket,
-            &Request::Status,
-            Duration::from_secs(5),
-        )?)
+        self.ask(Request::Status, Duration::from_secs(5))
     }
 
     pub fn state(&self) -> Result<ClusterState> {
-        Ok(control::call_as(
-            &self.socket,
-            &Request::State,
-            Duration::from_secs(5),
-        )?)
+        self.ask(Request::State, Duration::from_secs(5))
     }
 
     pub fn events(&self, since: u64) -> Result<Vec<EventRecord>> {
-        Ok(control::call_as(
-            &self.socket,
-            &Request::Events { since },
-            Duration::from_secs(5),
-        )?)
+        self.ask(Request::Events { since }, Duration::from_secs(5))
     }
 
     /// Commits a note here; `Err` carries the appliance's reason when it cannot.
@@ -83,11 +72,7 @@ impl Appliance {
             },
             timeout_ms: Some(timeout.as_millis() as u64),
         };
-        Ok(control::call_as(
-            &self.socket,
-            &req,
-            timeout + Duration::from_secs(5),
-        )?)
+        self.ask(req, timeout + Duration::from_secs(5))
     }
 
     /// Waits until this appliance has applied `index`; returns when it saw it.
@@ -96,11 +81,7 @@ impl Appliance {
             index,
             timeout_ms: Some(timeout.as_millis() as u64),
         };
-        Ok(control::call_as(
-            &self.socket,
-            &req,
-            timeout + Duration::from_secs(5),
-        )?)
+        self.ask(req, timeout + Duration::from_secs(5))
     }
 
     /// Adds (`add`) or removes voter `id`; returns the voters afterwards.
@@ -110,11 +91,7 @@ impl Appliance {
             add,
             timeout_ms: Some(5000),
         };
-        Ok(control::call_as(
-            &self.socket,
-            &req,
-            Duration::from_secs(10),
-        )?)
+        self.ask(req, Duration::from_secs(10))
     }
 
     /// Commits any command here.
@@ -123,11 +100,7 @@ impl Appliance {
             command,
             timeout_ms: Some(5000),
         };
-        Ok(control::call_as(
-            &self.socket,
-            &req,
-            Duration::from_secs(10),
-        )?)
+        self.ask(req, Duration::from_secs(10))
     }
 
     /// Waits for an event of `kind` about `peer` (any peer if `None`) recorded after `since`.
