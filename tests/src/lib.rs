@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod clusterbench;
 pub mod delay;
 pub mod guest;
+pub mod interrupt;
 pub mod keepalived;
 pub mod lab;
 pub mod netns;

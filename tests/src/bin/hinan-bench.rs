@@ -3,7 +3,6 @@
 //! takeover, and `compare` sets the two side by side with ratios.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Result};
@@ -77,12 +76,6 @@ enum Command {
     },
 }
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::Relaxed);
-}
-
 #[derive(Debug, Serialize)]
 struct Report {
     keepalived: String,
@@ -125,11 +118,7 @@ fn bench_keepalived(
     json: Option<PathBuf>,
     seed: Option<u64>,
 ) -> Result<()> {
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
+    hinan_lab::interrupt::install();
     let seed = seed.unwrap_or_else(|| {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -166,7 +155,7 @@ fn bench_keepalived(
                 trials
             };
             for f in failures {
-                if INTERRUPTED.load(Ordering::Relaxed) {
+                if hinan_lab::interrupt::requested() {
                     bail!("interrupted");
                 }
                 println!(
@@ -184,7 +173,7 @@ fn bench_keepalived(
                     n,
                     &mut jitter,
                     print_trial,
-                    &|| INTERRUPTED.load(Ordering::Relaxed),
+                    &|| hinan_lab::interrupt::requested(),
                 )?;
                 let error = c.error.clone();
                 combos.push(c);

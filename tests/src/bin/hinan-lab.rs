@@ -1,7 +1,6 @@
 //! `hinan-lab`: builds, shows, impairs and removes the two-campus lab, and runs
 //! the demo that `make demo` shows.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -95,12 +94,6 @@ enum Command {
         #[arg(long)]
         delay_ms: u64,
     },
-}
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::Relaxed);
 }
 
 fn main() -> Result<()> {
@@ -265,7 +258,7 @@ fn boot_lms(lab: &mut Lab, vm: &VmSpec) -> Result<Duration> {
 }
 
 fn interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::Relaxed) {
+    if hinan_lab::interrupt::requested() {
         bail!("interrupted");
     }
     Ok(())
@@ -282,11 +275,7 @@ fn watch(probe: &Probe, seconds: u64, label: &str) -> Result<()> {
 }
 
 fn demo(probe_json: Option<std::path::PathBuf>) -> Result<()> {
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
+    hinan_lab::interrupt::install();
     println!("hinan demo: two campuses, one LMS guest, a live migration under a client probe\n");
     println!("step 1: building campus A and campus B (namespaces, Open vSwitch, libvirtd each)…");
     let t = Instant::now();
