@@ -10,6 +10,7 @@
 pub mod cluster;
 pub mod clusterbench;
 pub mod delay;
+pub mod dnsbench;
 pub mod guest;
 pub mod interrupt;
 pub mod keepalived;
@@ -22,6 +23,7 @@ pub mod run;
 pub mod stats;
 pub mod sys;
 pub mod vm;
+pub mod vpnbench;
 pub mod wan;
 
 pub use lab::{Campus, Lab, LabSpec, Topology};

@@ -1,6 +1,8 @@
 //! `hinan-bench`: benchmarks in the lab, hinan beside the peers it must beat.
 //! `cluster` measures hinan's appliances, `keepalived` keepalived's VRRP
-//! takeover, and `compare` sets the two side by side with ratios.
+//! takeover, and `compare` sets the two side by side with ratios. `vpn`
+//! measures hinan's L2 VPN beside wireguard-go and tinc, `dns` hinan's DNS
+//! server beside Knot and NSD.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -11,6 +13,7 @@ use serde::Serialize;
 
 use hinan_lab::keepalived::{self, Combination, Failure, Jitter, Settings, Trial};
 use hinan_lab::stats::{median, percentile};
+use hinan_lab::vpnbench;
 use hinan_lab::{Lab, LabSpec};
 
 #[derive(Debug, Parser)]
@@ -74,6 +77,32 @@ enum Command {
         #[arg(long)]
         seed: Option<u64>,
     },
+    /// The L2 VPN between campus A and B over the lab's unimpaired WAN:
+    /// iperf3 TCP (1 and 4 streams) and the 64-byte-frame packet rate through
+    /// hinan EtherIP raw, hinan EtherIP-in-WireGuard, wireguard-go and tinc
+    /// (switch mode), and the bare path; medians and ratios to wireguard-go.
+    Vpn {
+        /// Trials per cell (each a round of 1 stream, 4 streams, UDP).
+        #[arg(long, default_value_t = 3)]
+        trials: usize,
+        /// Seconds per iperf3 trial.
+        #[arg(long, default_value_t = 5)]
+        secs: u64,
+        /// Rows to measure: hinan-raw, hinan-wireguard, wireguard-go, tinc-switch, bare.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "hinan-raw,hinan-wireguard,wireguard-go,tinc-switch,bare"
+        )]
+        tunnels: Vec<vpnbench::Tunnel>,
+        /// Keep the lab's WAN veths without tx checksum offload and TSO (by
+        /// default they are turned back on: this layout runs no Open vSwitch).
+        #[arg(long)]
+        no_wan_offloads: bool,
+        /// Also write every trial as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Serialize)]
@@ -107,7 +136,96 @@ fn main() -> Result<()> {
             json,
             seed,
         } => bench_keepalived(trials, slow_trials, &settings, &failures, json, seed),
+        Command::Vpn {
+            trials,
+            secs,
+            tunnels,
+            no_wan_offloads,
+            json,
+        } => bench_vpn(trials, secs, tunnels, !no_wan_offloads, json),
     }
+}
+
+fn bench_vpn(
+    trials: usize,
+    secs: u64,
+    tunnels: Vec<vpnbench::Tunnel>,
+    wan_offloads: bool,
+    json: Option<PathBuf>,
+) -> Result<()> {
+    hinan_lab::interrupt::install();
+    if trials == 0 || secs == 0 {
+        bail!("--trials and --secs must be at least 1");
+    }
+    let started = Instant::now();
+    println!(
+        "L2 VPN, campus A -> B over the lab's unimpaired WAN (WAN-only lab: no OVS, no libvirt; \
+         WAN veth offloads {}); iperf3 client in A, server in B; {trials} x {secs} s per cell, medians\n",
+        if wan_offloads { "on" } else { "off, as in the full lab" }
+    );
+    let spec = vpnbench::VpnBenchSpec {
+        tunnels,
+        trials,
+        secs,
+        wan_offloads,
+    };
+    let report = vpnbench::run(&spec, &mut |line| println!("{line}"))?;
+    let f = |v: Option<f64>, digits: usize| {
+        v.map(|x| format!("{x:.digits$}"))
+            .unwrap_or_else(|| "-".into())
+    };
+    println!(
+        "\n{:<16} {:>12} {:>12} {:>14} {:>10}   ratio to wireguard-go (tcp1 / tcp4 / pps)",
+        "tunnel", "tcp1 Gbit/s", "tcp4 Gbit/s", "64B frames pps", "64B loss %"
+    );
+    for (row, ratio) in report.rows.iter().zip(&report.vs_wireguard_go) {
+        let r = |v: Option<f64>| v.map(|x| format!("{x:.2}x")).unwrap_or_else(|| "-".into());
+        println!(
+            "{:<16} {:>12} {:>12} {:>14} {:>10}   {} / {} / {}",
+            row.tunnel.name(),
+            f(row.tcp1_gbps.median, 3),
+            f(row.tcp4_gbps.median, 3),
+            f(row.small_pps.median, 0),
+            f(row.small_loss_pct.median, 1),
+            r(ratio.tcp1),
+            r(ratio.tcp4),
+            r(ratio.small_pps),
+        );
+    }
+    let verdict = |x: Option<f64>| match x {
+        Some(x) if x >= vpnbench::TARGET_VS_WIREGUARD_GO => format!("{x:.2}x (met)"),
+        Some(x) => format!("{x:.2}x (NOT met)"),
+        None => "not measured".into(),
+    };
+    println!(
+        "\ntarget: hinan EtherIP-in-WireGuard >= {:.0}x wireguard-go: TCP 1 stream {}, TCP 4 streams {}",
+        vpnbench::TARGET_VS_WIREGUARD_GO,
+        verdict(report.target_ratio_tcp1),
+        verdict(report.target_ratio_tcp4)
+    );
+    println!(
+        "64B frames: iperf3 UDP, {}-byte payload, -b 0; pps = (sent - lost) / duration; {}",
+        report.small_payload, report.iperf3
+    );
+    println!("total {:.0} s", started.elapsed().as_secs_f64());
+    if let Some(path) = json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
+        println!("raw results: {}", path.display());
+    }
+    let failed: Vec<String> = report
+        .rows
+        .iter()
+        .filter_map(|r| r.error.as_ref().map(|e| format!("{}: {e}", r.tunnel)))
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} rows could not be measured:\n{}",
+            failed.len(),
+            report.rows.len(),
+            failed.join("\n")
+        );
+    }
+    Ok(())
 }
 
 fn bench_keepalived(

@@ -1,0 +1,980 @@
+//! The L2 VPN benchmark: hinan's two tunnels beside wireguard-go and tinc, on
+//! the lab's campus-to-campus path, in one run (`hinan-bench vpn`).
+//!
+//! ```text
+//!   campus A (hl-ID-a)          WAN router (hl-ID-wan)          campus B (hl-ID-b)
+//!   iperf3 client  -- tunnel endpoint -- wan0 ==== to-a | to-b ==== wan0 -- tunnel endpoint -- iperf3 -s
+//! ```
+//!
+//! The layout is the lab's WAN-only one ([`LabSpec::wan_only`]): no Open
+//! vSwitch and no libvirtd, so nothing but the tunnel, the WAN router and the
+//! load generator competes for the two cores. Each tunnel runs alone: it is
+//! started, checked with a ping over its inside addresses, measured, stopped.
+//! The bare WAN path (no tunnel, iperf3 to B's `wan0`) is the reference row.
+//!
+//! Cells: iperf3 TCP with 1 and 4 streams (receiver's Gbit/s), and small-frame
+//! packet rate: iperf3 UDP with an 18-byte payload (`-l 18 -b 0`), which
+//! makes a 64-byte Ethernet frame with FCS on an L2 tunnel (18 bytes, plus 8
+//! UDP, 20 IP, 14 Ethernet and 4 FCS); L3 tunnels and the bare path carry the same UDP
+//! payload. Each cell runs `trials` times (rounds of 1 stream, 4 streams,
+//! UDP) and reports the median.
+//!
+//! Note on the WAN: the lab turns tx checksum offload (and with it TSO) off on
+//! its veths, because Open vSwitch's userspace datapath needs that. This
+//! layout has no Open vSwitch, so by default the benchmark turns them back on
+//! for the A-WAN-B veths (`wan_offloads`), as a NIC would have them: without
+//! them the bare path drops from about 13 to about 3 Gbit/s here, and a tunnel
+//! that sends UDP GSO batches pays for software checksums and segmentation.
+
+use std::ffi::OsStr;
+use std::fmt;
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::lab::{Campus, Lab, LabSpec};
+use crate::procs::ProcRecord;
+use crate::run::RunDir;
+use crate::stats::median;
+use crate::sys::{self, ip, run_in};
+
+/// The iperf3 port in campus B.
+pub const IPERF_PORT: u16 = 5201;
+/// UDP payload of the packet-rate cell: a 64-byte Ethernet frame on an L2 tunnel.
+pub const SMALL_PAYLOAD: usize = 18;
+/// hinan's TAP device name (the same in both campus namespaces).
+pub const HINAN_TAP: &str = "hvb0";
+
+/// One row of the benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Tunnel {
+    /// hinan, RFC 3378 EtherIP directly in IP protocol 97.
+    HinanRaw,
+    /// hinan, EtherIP in an inner IP header inside WireGuard.
+    HinanWireguard,
+    /// Debian's wireguard-go (L3, TUN).
+    WireguardGo,
+    /// Debian's tinc 1.0 in switch mode (L2, TAP).
+    TincSwitch,
+    /// No tunnel: iperf3 straight across the WAN.
+    Bare,
+}
+
+impl Tunnel {
+    pub const ALL: [Tunnel; 5] = [
+        Tunnel::HinanRaw,
+        Tunnel::HinanWireguard,
+        Tunnel::WireguardGo,
+        Tunnel::TincSwitch,
+        Tunnel::Bare,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Tunnel::HinanRaw => "hinan-raw",
+            Tunnel::HinanWireguard => "hinan-wireguard",
+            Tunnel::WireguardGo => "wireguard-go",
+            Tunnel::TincSwitch => "tinc-switch",
+            Tunnel::Bare => "bare",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Tunnel::HinanRaw => "hinan EtherIP raw (IP proto 97), TAP",
+            Tunnel::HinanWireguard => "hinan EtherIP-in-WireGuard, TAP",
+            Tunnel::WireguardGo => "wireguard-go (L3, TUN, MTU 1420)",
+            Tunnel::TincSwitch => "tinc 1.0 switch mode (L2, TAP)",
+            Tunnel::Bare => "bare WAN path, no tunnel",
+        }
+    }
+
+    /// The inside subnet's third octet (10.99.x.0/24 style), one per tunnel
+    /// so that a leftover address can never carry another row's traffic.
+    fn inside(self, side: u8) -> Ipv4Addr {
+        let net = match self {
+            Tunnel::HinanRaw => 99,
+            Tunnel::HinanWireguard => 99,
+            Tunnel::WireguardGo => 98,
+            Tunnel::TincSwitch => 97,
+            Tunnel::Bare => 0,
+        };
+        Ipv4Addr::new(10, net, 0, side)
+    }
+}
+
+impl fmt::Display for Tunnel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Tunnel {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Tunnel> {
+        Tunnel::ALL
+            .into_iter()
+            .find(|t| t.name() == s)
+            .with_context(|| {
+                format!(
+                    "unknown tunnel '{s}' (known: {})",
+                    Tunnel::ALL.map(Tunnel::name).join(", ")
+                )
+            })
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct VpnBenchSpec {
+    pub tunnels: Vec<Tunnel>,
+    pub trials: usize,
+    pub secs: u64,
+    /// Turn tx checksum offload and TSO back on for the WAN veths between A
+    /// and B (the lab turns them off for Open vSwitch, which this layout does
+    /// not run): a veth's defaults, like a NIC's.
+    pub wan_offloads: bool,
+}
+
+/// Medians and raw trials of one number.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Cell {
+    pub trials: Vec<f64>,
+    pub median: Option<f64>,
+}
+
+impl Cell {
+    fn push(&mut self, v: f64) {
+        self.trials.push(v);
+        self.median = median(&self.trials);
+    }
+}
+
+/// One row: a tunnel's numbers, or why it has none.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Row {
+    pub tunnel: Tunnel,
+    pub description: String,
+    /// iperf3 TCP, 1 stream, Gbit/s at the receiver.
+    pub tcp1_gbps: Cell,
+    /// iperf3 TCP, 4 streams, Gbit/s at the receiver.
+    pub tcp4_gbps: Cell,
+    /// iperf3 UDP with an 18-byte payload: packets per second received.
+    pub small_pps: Cell,
+    /// The same trials' loss, in percent of packets sent.
+    pub small_loss_pct: Cell,
+    /// Set when the row could not be measured (in full).
+    pub error: Option<String>,
+}
+
+impl Row {
+    fn new(t: Tunnel) -> Row {
+        Row {
+            tunnel: t,
+            description: t.describe().to_string(),
+            tcp1_gbps: Cell::default(),
+            tcp4_gbps: Cell::default(),
+            small_pps: Cell::default(),
+            small_loss_pct: Cell::default(),
+            error: None,
+        }
+    }
+}
+
+/// A tunnel's median over wireguard-go's, per column.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ratio {
+    pub tunnel: Tunnel,
+    pub tcp1: Option<f64>,
+    pub tcp4: Option<f64>,
+    pub small_pps: Option<f64>,
+}
+
+/// The whole run, as written by `--json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VpnReport {
+    pub kernel: String,
+    pub iperf3: String,
+    pub trials: usize,
+    pub secs: u64,
+    pub wan_offloads: bool,
+    pub small_payload: usize,
+    pub rows: Vec<Row>,
+    /// Every tunnel's medians over wireguard-go's.
+    pub vs_wireguard_go: Vec<Ratio>,
+    /// hinan EtherIP-in-WireGuard over wireguard-go, TCP 1 and 4 streams (target ≥ 2).
+    pub target_ratio_tcp1: Option<f64>,
+    pub target_ratio_tcp4: Option<f64>,
+}
+
+/// Target of the issue: hinan EtherIP-in-WireGuard ≥ 2× wireguard-go's throughput.
+pub const TARGET_VS_WIREGUARD_GO: f64 = 2.0;
+
+/// Builds the WAN-only lab, measures every tunnel of `spec`, tears the lab down.
+/// Calls `progress` with a line of text as it goes.
+pub fn run(spec: &VpnBenchSpec, progress: &mut dyn FnMut(&str)) -> Result<VpnReport> {
+    let mut lab = Lab::up(&LabSpec::wan_only())?;
+    let result = run_in_lab(&mut lab, spec, progress);
+    let problems = lab.teardown();
+    let report = result?;
+    if !problems.is_empty() {
+        bail!("clean-up problems: {}", problems.join("; "));
+    }
+    Ok(report)
+}
+
+fn run_in_lab(
+    lab: &mut Lab,
+    spec: &VpnBenchSpec,
+    progress: &mut dyn FnMut(&str),
+) -> Result<VpnReport> {
+    let a = lab.campus("a")?.clone();
+    let b = lab.campus("b")?.clone();
+    if spec.wan_offloads {
+        let wan = lab.topo.wan_ns.clone();
+        for (ns, dev) in [
+            (&a.ns, "wan0"),
+            (&b.ns, "wan0"),
+            (&wan, "to-a"),
+            (&wan, "to-b"),
+        ] {
+            run_in(
+                ns,
+                "ethtool",
+                &["-K", dev, "tx", "on", "tso", "on", "gso", "on"],
+            )
+            .with_context(|| format!("turning offloads back on for {dev} in {ns}"))?;
+        }
+    }
+    let mut rows = Vec::new();
+    for &t in &spec.tunnels {
+        if crate::interrupt::requested() {
+            bail!("interrupted");
+        }
+        progress(&format!("{t}: {}", t.describe()));
+        let mut row = Row::new(t);
+        if let Err(e) = measure_tunnel(lab, &a, &b, t, spec, &mut row, progress) {
+            progress(&format!("  {t}: {e:#}"));
+            row.error = Some(format!("{e:#}"));
+        }
+        rows.push(row);
+        if crate::interrupt::requested() {
+            bail!("interrupted");
+        }
+    }
+    let wg = rows
+        .iter()
+        .find(|r| r.tunnel == Tunnel::WireguardGo)
+        .cloned();
+    let ratio = |x: Option<f64>, y: Option<f64>| match (x, y) {
+        (Some(x), Some(y)) if y > 0.0 => Some(x / y),
+        _ => None,
+    };
+    let vs = rows
+        .iter()
+        .map(|r| Ratio {
+            tunnel: r.tunnel,
+            tcp1: ratio(
+                r.tcp1_gbps.median,
+                wg.as_ref().and_then(|w| w.tcp1_gbps.median),
+            ),
+            tcp4: ratio(
+                r.tcp4_gbps.median,
+                wg.as_ref().and_then(|w| w.tcp4_gbps.median),
+            ),
+            small_pps: ratio(
+                r.small_pps.median,
+                wg.as_ref().and_then(|w| w.small_pps.median),
+            ),
+        })
+        .collect::<Vec<_>>();
+    let target = vs.iter().find(|r| r.tunnel == Tunnel::HinanWireguard);
+    Ok(VpnReport {
+        kernel: fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        iperf3: iperf3_version(),
+        trials: spec.trials,
+        secs: spec.secs,
+        wan_offloads: spec.wan_offloads,
+        small_payload: SMALL_PAYLOAD,
+        target_ratio_tcp1: target.and_then(|r| r.tcp1),
+        target_ratio_tcp4: target.and_then(|r| r.tcp4),
+        vs_wireguard_go: vs,
+        rows,
+    })
+}
+
+fn measure_tunnel(
+    lab: &mut Lab,
+    a: &Campus,
+    b: &Campus,
+    t: Tunnel,
+    spec: &VpnBenchSpec,
+    row: &mut Row,
+    progress: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let dir = lab.run.path.join(format!("vpn-{t}"));
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let started = Instant::now();
+    let endpoints = match t {
+        Tunnel::Bare => Vec::new(),
+        Tunnel::WireguardGo => start_wireguard_go(&mut lab.run, &dir, a, b)?,
+        Tunnel::TincSwitch => start_tinc(&mut lab.run, &dir, a, b)?,
+        Tunnel::HinanRaw | Tunnel::HinanWireguard => start_hinan(&mut lab.run, &dir, a, b, t)?,
+    };
+    let server = if t == Tunnel::Bare {
+        b.public_ip
+    } else {
+        t.inside(2)
+    };
+    wait_ping(&a.ns, server, &endpoints).with_context(|| {
+        format!(
+            "{t} does not carry a ping from A to {server}{}",
+            logs(&endpoints)
+        )
+    })?;
+    progress(&format!(
+        "  up and answering pings after {:.1} s",
+        started.elapsed().as_secs_f64()
+    ));
+    let iperf = Daemon::start(
+        &mut lab.run,
+        &b.ns,
+        &format!("vpnbench/{t}/iperf3-server"),
+        OsStr::new("iperf3"),
+        &["-s", "-p", &IPERF_PORT.to_string()],
+        &dir.join("iperf3-server.log"),
+    )?;
+    sys::wait_for(
+        "the iperf3 server in B to listen",
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || Ok(listening_tcp(&b.ns, IPERF_PORT).then_some(())),
+    )?;
+    for round in 1..=spec.trials {
+        for test in [Test::Tcp(1), Test::Tcp(4), Test::Small] {
+            if crate::interrupt::requested() {
+                bail!("interrupted");
+            }
+            for d in endpoints.iter().chain(std::iter::once(&iperf)) {
+                if !d.running() {
+                    bail!("{} exited; its log:\n{}", d.rec.role, d.log_tail(20));
+                }
+            }
+            let out = iperf_client(&a.ns, server, test, spec.secs)
+                .with_context(|| format!("{t}, {test}, round {round}"))?;
+            match (test, out) {
+                (Test::Tcp(1), IperfResult::Tcp { gbps }) => row.tcp1_gbps.push(gbps),
+                (Test::Tcp(_), IperfResult::Tcp { gbps }) => row.tcp4_gbps.push(gbps),
+                (Test::Small, IperfResult::Udp { pps, loss_pct }) => {
+                    row.small_pps.push(pps);
+                    row.small_loss_pct.push(loss_pct);
+                }
+                (_, other) => bail!("iperf3 gave {other:?} for {test}"),
+            }
+            progress(&format!("  round {round}: {test}: {}", out_text(row, test)));
+        }
+    }
+    drop(iperf);
+    drop(endpoints);
+    Ok(())
+}
+
+fn out_text(row: &Row, test: Test) -> String {
+    let last = |c: &Cell| c.trials.last().copied().unwrap_or(f64::NAN);
+    match test {
+        Test::Tcp(1) => format!("{:.3} Gbit/s", last(&row.tcp1_gbps)),
+        Test::Tcp(_) => format!("{:.3} Gbit/s", last(&row.tcp4_gbps)),
+        Test::Small => format!(
+            "{:.0} pps received, {:.1} % lost",
+            last(&row.small_pps),
+            last(&row.small_loss_pct)
+        ),
+    }
+}
+
+/// One iperf3 measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Test {
+    /// TCP with this many parallel streams.
+    Tcp(u32),
+    /// UDP, [`SMALL_PAYLOAD`] bytes, unlimited rate.
+    Small,
+}
+
+impl fmt::Display for Test {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Test::Tcp(1) => write!(f, "TCP 1 stream"),
+            Test::Tcp(n) => write!(f, "TCP {n} streams"),
+            Test::Small => write!(f, "UDP {SMALL_PAYLOAD}-byte payload"),
+        }
+    }
+}
+
+/// What iperf3's JSON says.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum IperfResult {
+    Tcp { gbps: f64 },
+    Udp { pps: f64, loss_pct: f64 },
+}
+
+/// The iperf3 client's arguments for `test` toward `server`.
+pub fn iperf_args(server: Ipv4Addr, test: Test, secs: u64) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "-c",
+        &server.to_string(),
+        "-p",
+        &IPERF_PORT.to_string(),
+        "-t",
+        &secs.to_string(),
+        "-J",
+        "--connect-timeout",
+        "3000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    match test {
+        Test::Tcp(n) => args.extend(["-P".to_string(), n.to_string()]),
+        Test::Small => args.extend(
+            ["-u", "-b", "0", "-l", &SMALL_PAYLOAD.to_string()]
+                .iter()
+                .map(|s| s.to_string()),
+        ),
+    }
+    args
+}
+
+fn iperf_client(ns: &str, server: Ipv4Addr, test: Test, secs: u64) -> Result<IperfResult> {
+    let limit = (secs + 20).to_string();
+    let mut args = vec![
+        "netns".to_string(),
+        "exec".into(),
+        ns.into(),
+        "timeout".into(),
+        limit,
+        "iperf3".into(),
+    ];
+    args.extend(iperf_args(server, test, secs));
+    let out = std::process::Command::new("ip")
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("starting iperf3 (is it installed? `.ci/deps.sh bench` installs it)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    parse_iperf_json(&text).with_context(|| {
+        format!(
+            "iperf3 {} ({}){}",
+            args[5..].join(" "),
+            out.status,
+            match String::from_utf8_lossy(&out.stderr).trim() {
+                "" => String::new(),
+                e => format!(": {e}"),
+            }
+        )
+    })
+}
+
+/// Reads iperf3's `-J` output: the receiver's rate for TCP; for UDP the
+/// packets that arrived per second (sent minus lost, over the test's length)
+/// and the loss the server reported.
+pub fn parse_iperf_json(text: &str) -> Result<IperfResult> {
+    let v: serde_json::Value = serde_json::from_str(text).context("iperf3 did not print JSON")?;
+    if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+        bail!("iperf3: {e}");
+    }
+    let end = v.get("end").context("iperf3's JSON has no 'end' section")?;
+    let udp = v
+        .pointer("/start/test_start/protocol")
+        .and_then(|p| p.as_str())
+        == Some("UDP");
+    if udp {
+        let sum = end.get("sum").context("iperf3's UDP JSON has no end.sum")?;
+        let num = |k: &str| -> Result<f64> {
+            sum.get(k)
+                .and_then(|x| x.as_f64())
+                .with_context(|| format!("iperf3's UDP end.sum has no number '{k}'"))
+        };
+        let packets = num("packets")?;
+        let lost = num("lost_packets")?;
+        let secs = num("seconds")?;
+        if secs <= 0.0 || packets <= 0.0 {
+            bail!("iperf3 sent no UDP packets ({packets} in {secs} s)");
+        }
+        Ok(IperfResult::Udp {
+            pps: (packets - lost).max(0.0) / secs,
+            loss_pct: 100.0 * lost / packets,
+        })
+    } else {
+        let bps = end
+            .pointer("/sum_received/bits_per_second")
+            .and_then(|x| x.as_f64())
+            .context("iperf3's TCP JSON has no end.sum_received.bits_per_second")?;
+        Ok(IperfResult::Tcp { gbps: bps / 1e9 })
+    }
+}
+
+fn iperf3_version() -> String {
+    sys::run("iperf3", &["--version"])
+        .ok()
+        .and_then(|s| s.lines().next().map(str::to_string))
+        .unwrap_or_else(|| "iperf3 (version unknown)".into())
+}
+
+/// Whether something in `ns` listens on TCP `port`.
+fn listening_tcp(ns: &str, port: u16) -> bool {
+    run_in(ns, "ss", &["-Htln", &format!("sport = :{port}")])
+        .map(|s| !s.trim().is_empty())
+        .unwrap_or(false)
+}
+
+/// Pings `to` from `ns` until it answers (at most 15 s): brings up tunnels
+/// that set up on the first packet (the WireGuard handshake, tinc's meta connection).
+fn wait_ping(ns: &str, to: Ipv4Addr, daemons: &[Daemon]) -> Result<()> {
+    sys::wait_for(
+        &format!("a ping from {ns} to {to} to be answered"),
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        || {
+            for d in daemons {
+                if !d.running() {
+                    bail!("{} exited", d.rec.role);
+                }
+            }
+            Ok(run_in(ns, "ping", &["-c", "1", "-W", "1", &to.to_string()])
+                .ok()
+                .map(|_| ()))
+        },
+    )
+}
+
+fn logs(daemons: &[Daemon]) -> String {
+    daemons
+        .iter()
+        .map(|d| format!("\n--- {} log:\n{}", d.rec.role, d.log_tail(15)))
+        .collect()
+}
+
+/// A process a benchmark started in a namespace: recorded in the run's
+/// manifest (so a crashed run is cleaned up by the next lab), stopped by PID
+/// when dropped.
+#[derive(Debug)]
+pub struct Daemon {
+    pub rec: ProcRecord,
+    pub log: PathBuf,
+    /// Files it leaves behind when killed, removed after it stops.
+    pub leaves: Vec<PathBuf>,
+}
+
+impl Daemon {
+    /// Starts `program args…` in `ns` (own session, output to `log`).
+    pub fn start<S: AsRef<OsStr>>(
+        run: &mut RunDir,
+        ns: &str,
+        role: &str,
+        program: &OsStr,
+        args: &[S],
+        log: &Path,
+    ) -> Result<Daemon> {
+        let pid = sys::spawn_daemon_in(ns, program, args, log)?;
+        let rec = ProcRecord::of(role, pid as i32).with_context(|| {
+            format!(
+                "{} exited at once; its log:\n{}",
+                program.to_string_lossy(),
+                tail(log, 15)
+            )
+        })?;
+        run.add_process(rec.clone())?;
+        Ok(Daemon {
+            rec,
+            log: log.to_path_buf(),
+            leaves: Vec::new(),
+        })
+    }
+
+    /// Whether it still runs (an exited child is reaped here).
+    pub fn running(&self) -> bool {
+        let mut status = 0;
+        // SAFETY: waitpid with WNOHANG on one PID only writes `status`.
+        unsafe {
+            libc::waitpid(self.rec.pid, &mut status, libc::WNOHANG);
+        }
+        self.rec.alive()
+    }
+
+    pub fn log_tail(&self, n: usize) -> String {
+        tail(&self.log, n)
+    }
+
+    /// SIGTERM, then SIGKILL after 3 s.
+    pub fn stop(&self) {
+        self.rec.stop(Duration::from_secs(3));
+        for f in &self.leaves {
+            let _ = fs::remove_file(f);
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Waits for device `dev` in `ns` (created by a daemon), gives it `addr/24`, brings it up.
+fn address_device(ns: &str, dev: &str, addr: Ipv4Addr, daemon: &Daemon) -> Result<()> {
+    sys::wait_for(
+        &format!("{} to create {dev} in {ns}", daemon.rec.role),
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || {
+            if !daemon.running() {
+                bail!(
+                    "{} exited; its log:\n{}",
+                    daemon.rec.role,
+                    daemon.log_tail(20)
+                );
+            }
+            Ok(ip(ns, &["link", "show", dev]).ok().map(|_| ()))
+        },
+    )?;
+    ip(ns, &["addr", "add", &format!("{addr}/24"), "dev", dev])?;
+    ip(ns, &["link", "set", dev, "up"])?;
+    Ok(())
+}
+
+/// A WireGuard key pair from `wg genkey` / `wg pubkey`.
+#[derive(Debug, Clone)]
+pub struct WgKeys {
+    pub private: String,
+    pub public: String,
+}
+
+pub fn wg_keys() -> Result<WgKeys> {
+    let private = sys::run("wg", &["genkey"])
+        .context("`wg genkey` (wireguard-tools; `.ci/deps.sh bench` installs it)")?
+        .trim()
+        .to_string();
+    let public = sys::run_with_input("wg", &["pubkey"], Some(&format!("{private}\n")))?
+        .trim()
+        .to_string();
+    Ok(WgKeys { private, public })
+}
+
+/// The run's short id: interface names that must be unique on the machine
+/// (wireguard-go's UAPI sockets in /var/run/wireguard are shared by all namespaces).
+fn run_tag(run: &RunDir) -> String {
+    run.manifest.id.chars().take(6).collect()
+}
+
+fn start_wireguard_go(run: &mut RunDir, dir: &Path, a: &Campus, b: &Campus) -> Result<Vec<Daemon>> {
+    const PORT: u16 = 51821;
+    let tag = run_tag(run);
+    let keys = [wg_keys()?, wg_keys()?];
+    let mut daemons = Vec::new();
+    for (me, peer, mine, theirs) in [(a, b, 0usize, 1usize), (b, a, 1, 0)] {
+        let dev = format!("wgb{tag}{}", me.name);
+        let key_file = dir.join(format!("{}.key", me.name));
+        fs::write(&key_file, format!("{}\n", keys[mine].private))?;
+        let sock = PathBuf::from(format!("/var/run/wireguard/{dev}.sock"));
+        let mut d = Daemon::start(
+            run,
+            &me.ns,
+            &format!("vpnbench/wireguard-go/{}", me.name),
+            OsStr::new("env"),
+            &[
+                // Debian's build refuses to start where the kernel module could be used.
+                "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1",
+                "LOG_LEVEL=error",
+                "wireguard-go",
+                "-f",
+                &dev,
+            ],
+            &dir.join(format!("wireguard-go-{}.log", me.name)),
+        )
+        .context("starting wireguard-go (`.ci/deps.sh bench` installs it)")?;
+        // wireguard-go removes its UAPI socket on SIGTERM, not after SIGKILL.
+        d.leaves.push(sock.clone());
+        sys::wait_for(
+            &format!("wireguard-go's UAPI socket {}", sock.display()),
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || {
+                if !d.running() {
+                    bail!("wireguard-go exited; its log:\n{}", d.log_tail(20));
+                }
+                Ok(sock.exists().then_some(()))
+            },
+        )?;
+        run_in(
+            &me.ns,
+            "wg",
+            &[
+                "set",
+                &dev,
+                "private-key",
+                &key_file.to_string_lossy(),
+                "listen-port",
+                &PORT.to_string(),
+                "peer",
+                &keys[theirs].public,
+                "endpoint",
+                &format!("{}:{PORT}", peer.public_ip),
+                "allowed-ips",
+                &format!("{}/32", Tunnel::WireguardGo.inside(theirs as u8 + 1)),
+            ],
+        )?;
+        ip(&me.ns, &["link", "set", &dev, "mtu", "1420"])?;
+        address_device(&me.ns, &dev, Tunnel::WireguardGo.inside(mine as u8 + 1), &d)?;
+        daemons.push(d);
+    }
+    Ok(daemons)
+}
+
+/// tinc 1.0 in switch mode: one config directory per campus with its RSA key
+/// pair (generated non-interactively) and both host files; A connects to B.
+fn start_tinc(run: &mut RunDir, dir: &Path, a: &Campus, b: &Campus) -> Result<Vec<Daemon>> {
+    const PORT: u16 = 655;
+    let tag = run_tag(run);
+    let conf = |c: &Campus| dir.join(format!("tinc-{}", c.name));
+    for (me, peer) in [(a, b), (b, a)] {
+        let d = conf(me);
+        fs::create_dir_all(d.join("hosts"))?;
+        let mut text = format!(
+            "Name = {}\nMode = switch\nInterface = tnb{tag}{}\nAddressFamily = ipv4\nBindToAddress = {}\nPort = {PORT}\n",
+            me.name, me.name, me.public_ip
+        );
+        if me.index == 0 {
+            text.push_str(&format!("ConnectTo = {}\n", peer.name));
+        }
+        fs::write(d.join("tinc.conf"), text)?;
+        fs::write(
+            d.join("hosts").join(&me.name),
+            format!("Address = {}\nPort = {PORT}\n", me.public_ip),
+        )?;
+        sys::run("tincd", &["-c", &d.to_string_lossy(), "-K2048"])
+            .context("generating tinc's keys (`tincd -K`; `.ci/deps.sh bench` installs tinc)")?;
+    }
+    for (me, peer) in [(a, b), (b, a)] {
+        fs::copy(
+            conf(me).join("hosts").join(&me.name),
+            conf(peer).join("hosts").join(&me.name),
+        )?;
+    }
+    let mut daemons = Vec::new();
+    for me in [b, a] {
+        let d = conf(me);
+        let daemon = Daemon::start(
+            run,
+            &me.ns,
+            &format!("vpnbench/tincd/{}", me.name),
+            OsStr::new("tincd"),
+            &[
+                "-c",
+                &d.to_string_lossy(),
+                "-D",
+                &format!("--pidfile={}", d.join("tinc.pid").display()),
+            ],
+            &dir.join(format!("tincd-{}.log", me.name)),
+        )
+        .context("starting tincd (`.ci/deps.sh bench` installs tinc)")?;
+        let dev = format!("tnb{tag}{}", me.name);
+        let side = if me.index == 0 { 1 } else { 2 };
+        address_device(&me.ns, &dev, Tunnel::TincSwitch.inside(side), &daemon)?;
+        daemons.push(daemon);
+    }
+    Ok(daemons)
+}
+
+/// hinan's `[vpn]` configuration for campus `me` toward `peer`.
+pub fn hinan_vpn_config(
+    tunnel: Tunnel,
+    me: &Campus,
+    peer: &Campus,
+    keys: Option<(&WgKeys, &WgKeys)>,
+) -> String {
+    const PORT: u16 = 51820;
+    let tunnel_addr = |c: &Campus| Ipv4Addr::new(10, 255, 0, c.index as u8 + 1);
+    match (tunnel, keys) {
+        (Tunnel::HinanWireguard, Some((mine, theirs))) => format!(
+            "[vpn]\ntap = \"{HINAN_TAP}\"\ntransport = \"wireguard\"\nlocal = \"{}:{PORT}\"\nprivate_key = \"{}\"\ntunnel_local = \"{}\"\n\n[[vpn.peer]]\nname = \"{}\"\nendpoint = \"{}:{PORT}\"\npublic_key = \"{}\"\ntunnel_address = \"{}\"\n",
+            me.public_ip,
+            mine.private,
+            tunnel_addr(me),
+            peer.name,
+            peer.public_ip,
+            theirs.public,
+            tunnel_addr(peer),
+        ),
+        _ => format!(
+            "[vpn]\ntap = \"{HINAN_TAP}\"\ntransport = \"raw\"\nlocal = \"{}\"\n\n[[vpn.peer]]\nname = \"{}\"\nendpoint = \"{}\"\n",
+            me.public_ip, peer.name, peer.public_ip,
+        ),
+    }
+}
+
+/// The `hinan` binary (release build under `make bench`; `HINAN_BIN` overrides).
+pub fn hinan_binary() -> Result<PathBuf> {
+    sys::workspace_binary("hinan", "HINAN_BIN", "hinan-orchestrator")
+}
+
+fn start_hinan(
+    run: &mut RunDir,
+    dir: &Path,
+    a: &Campus,
+    b: &Campus,
+    t: Tunnel,
+) -> Result<Vec<Daemon>> {
+    let bin = hinan_binary()?;
+    let keys = [wg_keys()?, wg_keys()?];
+    let mut daemons = Vec::new();
+    for (me, peer, mine, theirs) in [(a, b, 0usize, 1usize), (b, a, 1, 0)] {
+        let cfg = dir.join(format!("hinan-vpn-{}.toml", me.name));
+        let text = hinan_vpn_config(t, me, peer, Some((&keys[mine], &keys[theirs])));
+        fs::write(&cfg, text)?;
+        let d = Daemon::start(
+            run,
+            &me.ns,
+            &format!("vpnbench/{t}/{}", me.name),
+            bin.as_os_str(),
+            &[
+                OsStr::new("vpn"),
+                OsStr::new("run"),
+                OsStr::new("--config"),
+                cfg.as_os_str(),
+            ],
+            &dir.join(format!("hinan-vpn-{}.log", me.name)),
+        )
+        .with_context(|| format!("starting `{} vpn run`", bin.display()))?;
+        address_device(&me.ns, HINAN_TAP, t.inside(mine as u8 + 1), &d).with_context(|| {
+            format!(
+                "`hinan vpn run --config {}` at campus {}",
+                cfg.display(),
+                me.name
+            )
+        })?;
+        daemons.push(d);
+    }
+    Ok(daemons)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_tcp_result_at_the_receiver() {
+        let json = r#"{"start":{"test_start":{"protocol":"TCP"}},
+            "end":{"sum_sent":{"bits_per_second":2.5e9},"sum_received":{"bits_per_second":2.4e9}}}"#;
+        assert_eq!(
+            parse_iperf_json(json).unwrap(),
+            IperfResult::Tcp { gbps: 2.4 }
+        );
+    }
+
+    #[test]
+    fn reads_received_packets_and_loss_of_a_udp_result() {
+        let json = r#"{"start":{"test_start":{"protocol":"UDP"}},
+            "end":{"sum":{"seconds":5.0,"packets":1000000,"lost_packets":250000}}}"#;
+        assert_eq!(
+            parse_iperf_json(json).unwrap(),
+            IperfResult::Udp {
+                pps: 150000.0,
+                loss_pct: 25.0
+            }
+        );
+    }
+
+    #[test]
+    fn iperf_errors_and_garbage_are_errors_not_panics() {
+        let e = parse_iperf_json(r#"{"start":{},"end":{},"error":"unable to connect to server"}"#)
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("unable to connect"));
+        for bad in [
+            "",
+            "{",
+            "[]",
+            "{\"end\":7}",
+            r#"{"start":{"test_start":{"protocol":"UDP"}},"end":{"sum":{"packets":"x"}}}"#,
+        ] {
+            assert!(parse_iperf_json(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn udp_cell_asks_for_the_64_byte_frame_payload_at_any_rate() {
+        let args = iperf_args(Ipv4Addr::new(10, 99, 0, 2), Test::Small, 5).join(" ");
+        assert!(args.contains("-u -b 0 -l 18"), "{args}");
+        assert!(args.contains("-c 10.99.0.2 -p 5201 -t 5 -J"), "{args}");
+        // 18 bytes of payload + UDP 8 + IPv4 20 + Ethernet 14 + FCS 4.
+        assert_eq!(SMALL_PAYLOAD + 8 + 20 + 14 + 4, 64);
+    }
+
+    fn campus(index: usize) -> Campus {
+        let name = ((b'a' + index as u8) as char).to_string();
+        Campus {
+            index,
+            ns: format!("hl-x-{name}"),
+            public_ip: Ipv4Addr::new(198, 18, index as u8, 2),
+            wan_gateway: Ipv4Addr::new(198, 18, index as u8, 1),
+            inside_ip: Ipv4Addr::new(10, 70, 0, 2 + index as u8),
+            dir: PathBuf::from("/nonexistent"),
+            hypervisor: false,
+            name,
+        }
+    }
+
+    #[test]
+    fn hinan_configs_follow_the_vpn_contract() {
+        let (a, b) = (campus(0), campus(1));
+        let raw = hinan_vpn_config(Tunnel::HinanRaw, &a, &b, None);
+        assert!(raw.contains("transport = \"raw\""));
+        assert!(raw.contains("local = \"198.18.0.2\""));
+        assert!(raw.contains("endpoint = \"198.18.1.2\""));
+        assert!(!raw.contains("private_key"));
+        let ka = WgKeys {
+            private: "PRIV-A".into(),
+            public: "PUB-A".into(),
+        };
+        let kb = WgKeys {
+            private: "PRIV-B".into(),
+            public: "PUB-B".into(),
+        };
+        let wg = hinan_vpn_config(Tunnel::HinanWireguard, &b, &a, Some((&kb, &ka)));
+        for want in [
+            "transport = \"wireguard\"",
+            "local = \"198.18.1.2:51820\"",
+            "private_key = \"PRIV-B\"",
+            "tunnel_local = \"10.255.0.2\"",
+            "endpoint = \"198.18.0.2:51820\"",
+            "public_key = \"PUB-A\"",
+            "tunnel_address = \"10.255.0.1\"",
+            "tap = \"hvb0\"",
+        ] {
+            assert!(wg.contains(want), "{want} missing in:\n{wg}");
+        }
+    }
+
+    #[test]
+    fn tunnel_names_round_trip() {
+        for t in Tunnel::ALL {
+            assert_eq!(t.name().parse::<Tunnel>().unwrap(), t);
+        }
+        assert!("ipsec".parse::<Tunnel>().is_err());
+    }
+}
