@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use hinan_lab::keepalived::{self, Combination, Failure, Jitter, Settings, Trial};
 use hinan_lab::stats::{median, percentile};
-use hinan_lab::vpnbench;
+use hinan_lab::{dnsbench, vpnbench};
 use hinan_lab::{Lab, LabSpec};
 
 #[derive(Debug, Parser)]
@@ -103,6 +103,39 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Authoritative DNS: dnsperf against hinan, Knot and NSD serving the
+    /// same zone on the same port, one at a time, with the same query mix
+    /// (80 % hits, 20 % NXDOMAIN): QPS, average and p99 latency, loss, and
+    /// hinan's QPS over Knot's and NSD's.
+    Dns {
+        /// dnsperf runs per server (QPS and average latency are medians).
+        #[arg(long, default_value_t = 3)]
+        trials: usize,
+        /// Seconds per dnsperf run.
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+        /// Seconds of the extra `dnsperf -v` run that gives p99 (0: none).
+        #[arg(long, default_value_t = 5)]
+        latency_secs: u64,
+        /// dnsperf -c: clients (sockets).
+        #[arg(long, default_value_t = 10)]
+        clients: u32,
+        /// dnsperf -T: threads.
+        #[arg(long, default_value_t = 2)]
+        threads: u32,
+        /// dnsperf -q: queries outstanding at most.
+        #[arg(long, default_value_t = 100)]
+        outstanding: u32,
+        /// NSD's server-count (default: CPUs, like Knot's and hinan's UDP workers).
+        #[arg(long)]
+        nsd_servers: Option<usize>,
+        /// Servers to measure: hinan, knot, nsd.
+        #[arg(long, value_delimiter = ',', default_value = "hinan,knot,nsd")]
+        servers: Vec<dnsbench::Server>,
+        /// Also write every run as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Serialize)]
@@ -143,7 +176,134 @@ fn main() -> Result<()> {
             no_wan_offloads,
             json,
         } => bench_vpn(trials, secs, tunnels, !no_wan_offloads, json),
+        Command::Dns {
+            trials,
+            secs,
+            latency_secs,
+            clients,
+            threads,
+            outstanding,
+            nsd_servers,
+            servers,
+            json,
+        } => bench_dns(
+            dnsbench::DnsBenchSpec {
+                servers,
+                trials,
+                secs,
+                latency_secs,
+                clients,
+                threads,
+                outstanding,
+                nsd_servers: nsd_servers.unwrap_or_else(|| {
+                    std::thread::available_parallelism()
+                        .map(|n| n.get())
+                        .unwrap_or(1)
+                }),
+            },
+            json,
+        ),
     }
+}
+
+fn bench_dns(spec: dnsbench::DnsBenchSpec, json: Option<PathBuf>) -> Result<()> {
+    hinan_lab::interrupt::install();
+    if spec.trials == 0 || spec.secs == 0 {
+        bail!("--trials and --secs must be at least 1");
+    }
+    let started = Instant::now();
+    println!(
+        "authoritative DNS: zone {} on {}:{} in a namespace of its own, one server at a time; \
+         dnsperf -c {} -T {} -q {}, {} x {} s per server (medians) + {} s with -v for p99; \
+         mix {} % hits (A, AAAA), {} % NXDOMAIN; NSD server-count {}\n",
+        dnsbench::ORIGIN,
+        dnsbench::LISTEN,
+        dnsbench::PORT,
+        spec.clients,
+        spec.threads,
+        spec.outstanding,
+        spec.trials,
+        spec.secs,
+        spec.latency_secs,
+        100 - dnsbench::NXDOMAIN_PCT,
+        dnsbench::NXDOMAIN_PCT,
+        spec.nsd_servers,
+    );
+    let report = dnsbench::run(&spec, &mut |line| println!("{line}"))?;
+    let knot = report
+        .rows
+        .iter()
+        .find(|r| r.server == dnsbench::Server::Knot)
+        .and_then(|r| r.qps);
+    let nsd = report
+        .rows
+        .iter()
+        .find(|r| r.server == dnsbench::Server::Nsd)
+        .and_then(|r| r.qps);
+    let f = |v: Option<f64>, digits: usize| {
+        v.map(|x| format!("{x:.digits$}"))
+            .unwrap_or_else(|| "-".into())
+    };
+    let ratio = |x: Option<f64>, y: Option<f64>| match (x, y) {
+        (Some(x), Some(y)) if y > 0.0 => format!("{:.2}x", x / y),
+        _ => "-".into(),
+    };
+    println!(
+        "\n{:<7} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}   version",
+        "server", "QPS", "avg ms", "p99 ms", "loss %", "/ knot", "/ nsd"
+    );
+    for r in &report.rows {
+        println!(
+            "{:<7} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}   {}",
+            r.server.name(),
+            f(r.qps, 0),
+            f(r.avg_ms, 3),
+            f(r.p99_ms, 3),
+            f(r.loss_pct, 3),
+            ratio(r.qps, knot),
+            ratio(r.qps, nsd),
+            r.version
+        );
+    }
+    println!(
+        "\ntarget: hinan >= 1.0x Knot's QPS with no loss: {}",
+        match (report.target_met, report.hinan_vs_knot) {
+            (Some(true), Some(x)) => format!("met ({x:.2}x)"),
+            (Some(false), Some(x)) => format!("NOT met ({x:.2}x, see loss and problems)"),
+            _ => "not measured".into(),
+        }
+    );
+    println!(
+        "p99: nearest rank over every answer of the separate `dnsperf -v` run; {}",
+        report.dnsperf
+    );
+    println!("total {:.0} s", started.elapsed().as_secs_f64());
+    if let Some(path) = json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
+        println!("raw results: {}", path.display());
+    }
+    let failed: Vec<String> = report
+        .rows
+        .iter()
+        .filter_map(|r| {
+            r.error
+                .as_ref()
+                .map(|e| format!("{}: {e}", r.server))
+                .or_else(|| {
+                    (!r.problems.is_empty())
+                        .then(|| format!("{}: wrong answers: {}", r.server, r.problems.join("; ")))
+                })
+        })
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} servers could not be measured (or answered wrongly):\n{}",
+            failed.len(),
+            report.rows.len(),
+            failed.join("\n")
+        );
+    }
+    Ok(())
 }
 
 fn bench_vpn(
