@@ -85,8 +85,8 @@ enum Command {
         /// Trials per cell (each a round of 1 stream, 4 streams, UDP).
         #[arg(long, default_value_t = 3)]
         trials: usize,
-        /// Seconds per iperf3 trial.
-        #[arg(long, default_value_t = 5)]
+        /// Seconds per iperf3 trial (3 x 4 s x 3 cells x 5 rows: about 4 min).
+        #[arg(long, default_value_t = 4)]
         secs: u64,
         /// Rows to measure: hinan-raw, hinan-wireguard, wireguard-go, tinc-switch, bare.
         #[arg(
@@ -111,8 +111,8 @@ enum Command {
         /// dnsperf runs per server (QPS and average latency are medians).
         #[arg(long, default_value_t = 3)]
         trials: usize,
-        /// Seconds per dnsperf run.
-        #[arg(long, default_value_t = 10)]
+        /// Seconds per dnsperf run (3 x 8 s + 5 s x 3 servers: about 2 min).
+        #[arg(long, default_value_t = 8)]
         secs: u64,
         /// Seconds of the extra `dnsperf -v` run that gives p99 (0: none).
         #[arg(long, default_value_t = 5)]
