@@ -10,7 +10,10 @@
 //! REFUSED, quickly) is flagged instead of winning.
 //!
 //! Per server: `trials` runs of `secs` seconds give QPS, average latency and
-//! loss (medians of QPS and average; loss summed over the trials). dnsperf
+//! loss (medians of QPS and average; loss summed over the trials). The runs
+//! go in rounds (hinan, Knot, NSD, hinan, …; each server started afresh for
+//! its run and stopped after it), so that the load other work puts on the
+//! machine falls on every server alike. dnsperf
 //! 2.10 prints no percentiles, so p99 comes from one more run with `-v`,
 //! which prints every query's latency: nearest-rank p99 over all of them.
 //! That run is kept apart because printing a line per query costs dnsperf
@@ -353,23 +356,35 @@ fn run_all(
     let qfile = dir.join("queries.txt");
     fs::write(&qfile, query_file(&mix))?;
     fs::write(dir.join("zone"), zone_file())?;
-    let mut rows = Vec::new();
-    for &s in &spec.servers {
-        if crate::interrupt::requested() {
-            bail!("interrupted");
+    let mut rows: Vec<ServerRow> = spec
+        .servers
+        .iter()
+        .map(|&s| {
+            let mut row = ServerRow::new(s);
+            row.version = version(s);
+            progress(&format!("{s}: {}", row.version));
+            row
+        })
+        .collect();
+    // Rounds of every server in turn, so that the machine's load at any
+    // moment falls on all of them alike.
+    for round in 1..=spec.trials {
+        for row in rows.iter_mut().filter(|r| r.error.is_none()) {
+            if crate::interrupt::requested() {
+                bail!("interrupted");
+            }
+            let s = row.server;
+            if let Err(e) = measure(rd, ns, &dir, &qfile, &mix, spec, round, row, progress) {
+                progress(&format!("  {s}: {e:#}"));
+                row.error = Some(format!("{e:#}"));
+            }
+            if crate::interrupt::requested() {
+                bail!("interrupted");
+            }
         }
-        let mut row = ServerRow::new(s);
-        row.version = version(s);
-        progress(&format!("{s}: {}", row.version));
-        if let Err(e) = measure(rd, ns, &dir, &qfile, &mix, spec, &mut row, progress) {
-            progress(&format!("  {s}: {e:#}"));
-            row.error = Some(format!("{e:#}"));
-        }
+    }
+    for row in &mut rows {
         row.summarize();
-        rows.push(row);
-        if crate::interrupt::requested() {
-            bail!("interrupted");
-        }
     }
     let qps = |s: Server| rows.iter().find(|r| r.server == s).and_then(|r| r.qps);
     let ratio = |x: Option<f64>, y: Option<f64>| match (x, y) {
@@ -402,6 +417,8 @@ fn run_all(
     })
 }
 
+/// Round `round` of server `row.server`: start it, check its answers (first
+/// round), one dnsperf run, the verbose run for p99 (last round), stop it.
 #[allow(clippy::too_many_arguments)]
 fn measure(
     rd: &mut RunDir,
@@ -410,6 +427,7 @@ fn measure(
     qfile: &Path,
     mix: &[Query],
     spec: &DnsBenchSpec,
+    round: usize,
     row: &mut ServerRow,
     progress: &mut dyn FnMut(&str),
 ) -> Result<()> {
@@ -431,34 +449,35 @@ fn measure(
                 .map(|_| ()))
         },
     )?;
-    row.problems = check_answers(ns, mix)?;
-    for p in &row.problems {
-        progress(&format!("  wrong answer: {p}"));
-    }
-    for t in 1..=spec.trials {
-        if crate::interrupt::requested() {
-            bail!("interrupted");
-        }
-        let run = dnsperf(ns, qfile, spec, spec.secs, None)?;
-        progress(&format!(
-            "  trial {t}: {:.0} QPS, avg {:.3} ms, lost {} of {}",
-            run.qps, run.avg_ms, run.lost, run.sent
-        ));
-        if let Some(p) = mix_problem(&run) {
-            progress(&format!("  {p}"));
-            if !row.problems.contains(&p) {
-                row.problems.push(p);
-            }
-        }
-        row.trials.push(run);
-        if !daemon.running() {
-            bail!(
-                "{s} exited during the load; its log:\n{}",
-                daemon.log_tail(20)
-            );
+    if round == 1 {
+        row.problems = check_answers(ns, mix)?;
+        for p in &row.problems {
+            progress(&format!("  {s}: wrong answer: {p}"));
         }
     }
-    if spec.latency_secs > 0 && !crate::interrupt::requested() {
+    let run = dnsperf(ns, qfile, spec, spec.secs, None)?;
+    progress(&format!(
+        "  round {round}: {:<5} {:>7.0} QPS, avg {:.3} ms, lost {} of {}",
+        s.name(),
+        run.qps,
+        run.avg_ms,
+        run.lost,
+        run.sent
+    ));
+    if let Some(p) = mix_problem(&run) {
+        progress(&format!("  {s}: {p}"));
+        if !row.problems.contains(&p) {
+            row.problems.push(p);
+        }
+    }
+    row.trials.push(run);
+    if !daemon.running() {
+        bail!(
+            "{s} exited during the load; its log:\n{}",
+            daemon.log_tail(20)
+        );
+    }
+    if round == spec.trials && spec.latency_secs > 0 && !crate::interrupt::requested() {
         let out = dir.join(format!("{s}-verbose.txt"));
         dnsperf(ns, qfile, spec, spec.latency_secs, Some(&out))?;
         let text = fs::read_to_string(&out).unwrap_or_default();
@@ -467,7 +486,7 @@ fn measure(
         row.p99_ms = percentile(&lat, 99.0);
         row.p99_samples = lat.len();
         progress(&format!(
-            "  verbose run: p99 {} ms over {} answers",
+            "  {s}: verbose run: p99 {} ms over {} answers",
             row.p99_ms
                 .map(|x| format!("{x:.3}"))
                 .unwrap_or_else(|| "-".into()),
