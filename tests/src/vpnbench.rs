@@ -17,7 +17,9 @@
 //! makes a 64-byte Ethernet frame with FCS on an L2 tunnel (18 bytes, plus 8
 //! UDP, 20 IP, 14 Ethernet and 4 FCS); L3 tunnels and the bare path carry the same UDP
 //! payload. Each cell runs `trials` times (rounds of 1 stream, 4 streams,
-//! UDP) and reports the median.
+//! UDP) and reports the median. The rounds go through every tunnel in turn
+//! (each started afresh, with new keys, and stopped after its round), so
+//! that the load other work puts on the machine falls on all rows alike.
 //!
 //! Note on the WAN: the lab turns tx checksum offload (and with it TSO) off on
 //! its veths, because Open vSwitch's userspace datapath needs that. This
@@ -252,20 +254,24 @@ fn run_in_lab(
             .with_context(|| format!("turning offloads back on for {dev} in {ns}"))?;
         }
     }
-    let mut rows = Vec::new();
-    for &t in &spec.tunnels {
-        if crate::interrupt::requested() {
-            bail!("interrupted");
-        }
-        progress(&format!("{t}: {}", t.describe()));
-        let mut row = Row::new(t);
-        if let Err(e) = measure_tunnel(lab, &a, &b, t, spec, &mut row, progress) {
-            progress(&format!("  {t}: {e:#}"));
-            row.error = Some(format!("{e:#}"));
-        }
-        rows.push(row);
-        if crate::interrupt::requested() {
-            bail!("interrupted");
+    let mut rows: Vec<Row> = spec.tunnels.iter().map(|&t| Row::new(t)).collect();
+    // Rounds of every tunnel in turn (each started afresh and stopped after
+    // its round), so that the load other work puts on the machine falls on
+    // all of them alike.
+    for round in 1..=spec.trials {
+        for row in rows.iter_mut().filter(|r| r.error.is_none()) {
+            if crate::interrupt::requested() {
+                bail!("interrupted");
+            }
+            let t = row.tunnel;
+            progress(&format!("round {round}: {t}: {}", t.describe()));
+            if let Err(e) = measure_tunnel(lab, &a, &b, t, round, row, spec.secs, progress) {
+                progress(&format!("  {t}: {e:#}"));
+                row.error = Some(format!("{e:#}"));
+            }
+            if crate::interrupt::requested() {
+                bail!("interrupted");
+            }
         }
     }
     let wg = rows
@@ -312,16 +318,20 @@ fn run_in_lab(
     })
 }
 
+/// One round of tunnel `t`: start it, ping through it, one trial of each
+/// cell, stop it.
+#[allow(clippy::too_many_arguments)]
 fn measure_tunnel(
     lab: &mut Lab,
     a: &Campus,
     b: &Campus,
     t: Tunnel,
-    spec: &VpnBenchSpec,
+    round: usize,
     row: &mut Row,
+    secs: u64,
     progress: &mut dyn FnMut(&str),
 ) -> Result<()> {
-    let dir = lab.run.path.join(format!("vpn-{t}"));
+    let dir = lab.run.path.join(format!("vpn-{t}-{round}"));
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let started = Instant::now();
     let endpoints = match t {
@@ -359,29 +369,27 @@ fn measure_tunnel(
         Duration::from_millis(20),
         || Ok(listening_tcp(&b.ns, IPERF_PORT).then_some(())),
     )?;
-    for round in 1..=spec.trials {
-        for test in [Test::Tcp(1), Test::Tcp(4), Test::Small] {
-            if crate::interrupt::requested() {
-                bail!("interrupted");
-            }
-            for d in endpoints.iter().chain(std::iter::once(&iperf)) {
-                if !d.running() {
-                    bail!("{} exited; its log:\n{}", d.rec.role, d.log_tail(20));
-                }
-            }
-            let out = iperf_client(&a.ns, server, test, spec.secs)
-                .with_context(|| format!("{t}, {test}, round {round}"))?;
-            match (test, out) {
-                (Test::Tcp(1), IperfResult::Tcp { gbps }) => row.tcp1_gbps.push(gbps),
-                (Test::Tcp(_), IperfResult::Tcp { gbps }) => row.tcp4_gbps.push(gbps),
-                (Test::Small, IperfResult::Udp { pps, loss_pct }) => {
-                    row.small_pps.push(pps);
-                    row.small_loss_pct.push(loss_pct);
-                }
-                (_, other) => bail!("iperf3 gave {other:?} for {test}"),
-            }
-            progress(&format!("  round {round}: {test}: {}", out_text(row, test)));
+    for test in [Test::Tcp(1), Test::Tcp(4), Test::Small] {
+        if crate::interrupt::requested() {
+            bail!("interrupted");
         }
+        for d in endpoints.iter().chain(std::iter::once(&iperf)) {
+            if !d.running() {
+                bail!("{} exited; its log:\n{}", d.rec.role, d.log_tail(20));
+            }
+        }
+        let out = iperf_client(&a.ns, server, test, secs)
+            .with_context(|| format!("{t}, {test}, round {round}"))?;
+        match (test, out) {
+            (Test::Tcp(1), IperfResult::Tcp { gbps }) => row.tcp1_gbps.push(gbps),
+            (Test::Tcp(_), IperfResult::Tcp { gbps }) => row.tcp4_gbps.push(gbps),
+            (Test::Small, IperfResult::Udp { pps, loss_pct }) => {
+                row.small_pps.push(pps);
+                row.small_loss_pct.push(loss_pct);
+            }
+            (_, other) => bail!("iperf3 gave {other:?} for {test}"),
+        }
+        progress(&format!("  {test}: {}", out_text(row, test)));
     }
     drop(iperf);
     drop(endpoints);
