@@ -142,6 +142,10 @@ pub struct VpnBenchSpec {
     /// and B (the lab turns them off for Open vSwitch, which this layout does
     /// not run): a veth's defaults, like a NIC's.
     pub wan_offloads: bool,
+    /// hinan's `offload = true`: virtio headers and TSO on its TAP. Right here,
+    /// where the kernel stack itself uses the TAP (iperf3 runs on it); never
+    /// for a TAP on an Open vSwitch userspace bridge.
+    pub hinan_offload: bool,
 }
 
 /// Medians and raw trials of one number.
@@ -206,6 +210,7 @@ pub struct VpnReport {
     pub trials: usize,
     pub secs: u64,
     pub wan_offloads: bool,
+    pub hinan_offload: bool,
     pub small_payload: usize,
     pub rows: Vec<Row>,
     /// Every tunnel's medians over wireguard-go's.
@@ -265,7 +270,7 @@ fn run_in_lab(
             }
             let t = row.tunnel;
             progress(&format!("round {round}: {t}: {}", t.describe()));
-            if let Err(e) = measure_tunnel(lab, &a, &b, t, round, row, spec.secs, progress) {
+            if let Err(e) = measure_tunnel(lab, &a, &b, t, round, row, spec, progress) {
                 progress(&format!("  {t}: {e:#}"));
                 row.error = Some(format!("{e:#}"));
             }
@@ -310,6 +315,7 @@ fn run_in_lab(
         trials: spec.trials,
         secs: spec.secs,
         wan_offloads: spec.wan_offloads,
+        hinan_offload: spec.hinan_offload,
         small_payload: SMALL_PAYLOAD,
         target_ratio_tcp1: target.and_then(|r| r.tcp1),
         target_ratio_tcp4: target.and_then(|r| r.tcp4),
@@ -328,7 +334,7 @@ fn measure_tunnel(
     t: Tunnel,
     round: usize,
     row: &mut Row,
-    secs: u64,
+    spec: &VpnBenchSpec,
     progress: &mut dyn FnMut(&str),
 ) -> Result<()> {
     let dir = lab.run.path.join(format!("vpn-{t}-{round}"));
@@ -338,7 +344,9 @@ fn measure_tunnel(
         Tunnel::Bare => Vec::new(),
         Tunnel::WireguardGo => start_wireguard_go(&mut lab.run, &dir, a, b)?,
         Tunnel::TincSwitch => start_tinc(&mut lab.run, &dir, a, b)?,
-        Tunnel::HinanRaw | Tunnel::HinanWireguard => start_hinan(&mut lab.run, &dir, a, b, t)?,
+        Tunnel::HinanRaw | Tunnel::HinanWireguard => {
+            start_hinan(&mut lab.run, &dir, a, b, t, spec.hinan_offload)?
+        }
     };
     let server = if t == Tunnel::Bare {
         b.public_ip
@@ -378,7 +386,7 @@ fn measure_tunnel(
                 bail!("{} exited; its log:\n{}", d.rec.role, d.log_tail(20));
             }
         }
-        let out = iperf_client(&a.ns, server, test, secs)
+        let out = iperf_client(&a.ns, server, test, spec.secs)
             .with_context(|| format!("{t}, {test}, round {round}"))?;
         match (test, out) {
             (Test::Tcp(1), IperfResult::Tcp { gbps }) => row.tcp1_gbps.push(gbps),
@@ -815,12 +823,14 @@ pub fn hinan_vpn_config(
     me: &Campus,
     peer: &Campus,
     keys: Option<(&WgKeys, &WgKeys)>,
+    offload: bool,
 ) -> String {
     const PORT: u16 = 51820;
     let tunnel_addr = |c: &Campus| Ipv4Addr::new(10, 255, 0, c.index as u8 + 1);
+    let offload = if offload { "offload = true\n" } else { "" };
     match (tunnel, keys) {
         (Tunnel::HinanWireguard, Some((mine, theirs))) => format!(
-            "[vpn]\ntap = \"{HINAN_TAP}\"\ntransport = \"wireguard\"\nlocal = \"{}:{PORT}\"\nprivate_key = \"{}\"\ntunnel_local = \"{}\"\n\n[[vpn.peer]]\nname = \"{}\"\nendpoint = \"{}:{PORT}\"\npublic_key = \"{}\"\ntunnel_address = \"{}\"\n",
+            "[vpn]\ntap = \"{HINAN_TAP}\"\n{offload}transport = \"wireguard\"\nlocal = \"{}:{PORT}\"\nprivate_key = \"{}\"\ntunnel_local = \"{}\"\n\n[[vpn.peer]]\nname = \"{}\"\nendpoint = \"{}:{PORT}\"\npublic_key = \"{}\"\ntunnel_address = \"{}\"\n",
             me.public_ip,
             mine.private,
             tunnel_addr(me),
@@ -830,7 +840,7 @@ pub fn hinan_vpn_config(
             tunnel_addr(peer),
         ),
         _ => format!(
-            "[vpn]\ntap = \"{HINAN_TAP}\"\ntransport = \"raw\"\nlocal = \"{}\"\n\n[[vpn.peer]]\nname = \"{}\"\nendpoint = \"{}\"\n",
+            "[vpn]\ntap = \"{HINAN_TAP}\"\n{offload}transport = \"raw\"\nlocal = \"{}\"\n\n[[vpn.peer]]\nname = \"{}\"\nendpoint = \"{}\"\n",
             me.public_ip, peer.name, peer.public_ip,
         ),
     }
@@ -847,13 +857,14 @@ fn start_hinan(
     a: &Campus,
     b: &Campus,
     t: Tunnel,
+    offload: bool,
 ) -> Result<Vec<Daemon>> {
     let bin = hinan_binary()?;
     let keys = [wg_keys()?, wg_keys()?];
     let mut daemons = Vec::new();
     for (me, peer, mine, theirs) in [(a, b, 0usize, 1usize), (b, a, 1, 0)] {
         let cfg = dir.join(format!("hinan-vpn-{}.toml", me.name));
-        let text = hinan_vpn_config(t, me, peer, Some((&keys[mine], &keys[theirs])));
+        let text = hinan_vpn_config(t, me, peer, Some((&keys[mine], &keys[theirs])), offload);
         fs::write(&cfg, text)?;
         let d = Daemon::start(
             run,
@@ -950,7 +961,8 @@ mod tests {
     #[test]
     fn hinan_configs_follow_the_vpn_contract() {
         let (a, b) = (campus(0), campus(1));
-        let raw = hinan_vpn_config(Tunnel::HinanRaw, &a, &b, None);
+        let raw = hinan_vpn_config(Tunnel::HinanRaw, &a, &b, None, false);
+        assert!(!raw.contains("offload"));
         assert!(raw.contains("transport = \"raw\""));
         assert!(raw.contains("local = \"198.18.0.2\""));
         assert!(raw.contains("endpoint = \"198.18.1.2\""));
@@ -963,7 +975,7 @@ mod tests {
             private: "PRIV-B".into(),
             public: "PUB-B".into(),
         };
-        let wg = hinan_vpn_config(Tunnel::HinanWireguard, &b, &a, Some((&kb, &ka)));
+        let wg = hinan_vpn_config(Tunnel::HinanWireguard, &b, &a, Some((&kb, &ka)), true);
         for want in [
             "transport = \"wireguard\"",
             "local = \"198.18.1.2:51820\"",
@@ -973,6 +985,7 @@ mod tests {
             "public_key = \"PUB-A\"",
             "tunnel_address = \"10.255.0.1\"",
             "tap = \"hvb0\"",
+            "offload = true",
         ] {
             assert!(wg.contains(want), "{want} missing in:\n{wg}");
         }
