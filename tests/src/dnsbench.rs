@@ -14,8 +14,9 @@
 //! go in rounds (hinan, Knot, NSD, hinan, …; each server started afresh for
 //! its run and stopped after it), so that the load other work puts on the
 //! machine falls on every server alike. dnsperf
-//! 2.10 prints no percentiles, so p99 comes from one more run with `-v`,
-//! which prints every query's latency: nearest-rank p99 over all of them.
+//! 2.10 prints no percentiles, so each round has one more, shorter run with
+//! `-v`, which prints every query's latency: p99 is the nearest rank over
+//! all answers of that run, and the row reports the median over the rounds.
 //! That run is kept apart because printing a line per query costs dnsperf
 //! a few percent of its rate on these two shared cores.
 
@@ -250,9 +251,12 @@ pub struct ServerRow {
     pub trials: Vec<PerfRun>,
     pub qps: Option<f64>,
     pub avg_ms: Option<f64>,
-    /// Nearest-rank p99 of every query latency of the verbose run.
+    /// Median over the rounds of the nearest-rank p99 of every answer's
+    /// latency in that round's verbose run.
     pub p99_ms: Option<f64>,
-    pub p99_samples: usize,
+    /// Each round's p99 and the number of answers it was taken from.
+    pub p99_trials_ms: Vec<f64>,
+    pub p99_samples: Vec<usize>,
     /// Lost over sent, all trials together, in percent.
     pub loss_pct: Option<f64>,
     pub lost: u64,
@@ -270,7 +274,8 @@ impl ServerRow {
             qps: None,
             avg_ms: None,
             p99_ms: None,
-            p99_samples: 0,
+            p99_trials_ms: Vec::new(),
+            p99_samples: Vec::new(),
             loss_pct: None,
             lost: 0,
             problems: Vec::new(),
@@ -283,6 +288,7 @@ impl ServerRow {
         let avg: Vec<f64> = self.trials.iter().map(|t| t.avg_ms).collect();
         self.qps = median(&qps);
         self.avg_ms = median(&avg);
+        self.p99_ms = median(&self.p99_trials_ms);
         let sent: u64 = self.trials.iter().map(|t| t.sent).sum();
         self.lost = self.trials.iter().map(|t| t.lost).sum();
         self.loss_pct = (sent > 0).then(|| 100.0 * self.lost as f64 / sent as f64);
@@ -418,7 +424,7 @@ fn run_all(
 }
 
 /// Round `round` of server `row.server`: start it, check its answers (first
-/// round), one dnsperf run, the verbose run for p99 (last round), stop it.
+/// round), one dnsperf run, one verbose run for p99, stop it.
 #[allow(clippy::too_many_arguments)]
 fn measure(
     rd: &mut RunDir,
@@ -477,20 +483,21 @@ fn measure(
             daemon.log_tail(20)
         );
     }
-    if round == spec.trials && spec.latency_secs > 0 && !crate::interrupt::requested() {
+    if spec.latency_secs > 0 && !crate::interrupt::requested() {
         let out = dir.join(format!("{s}-verbose.txt"));
         dnsperf(ns, qfile, spec, spec.latency_secs, Some(&out))?;
         let text = fs::read_to_string(&out).unwrap_or_default();
         let _ = fs::remove_file(&out);
         let lat = verbose_latencies_ms(&text);
-        row.p99_ms = percentile(&lat, 99.0);
-        row.p99_samples = lat.len();
+        let p99 = percentile(&lat, 99.0)
+            .with_context(|| format!("`dnsperf -v` printed no latencies for {s}"))?;
+        row.p99_trials_ms.push(p99);
+        row.p99_samples.push(lat.len());
         progress(&format!(
-            "  {s}: verbose run: p99 {} ms over {} answers",
-            row.p99_ms
-                .map(|x| format!("{x:.3}"))
-                .unwrap_or_else(|| "-".into()),
-            lat.len()
+            "  round {round}: {:<5} p99 {p99:.3} ms over {} answers of a {} s run with -v",
+            s.name(),
+            lat.len(),
+            spec.latency_secs
         ));
     }
     drop(daemon);

@@ -116,11 +116,11 @@ enum Command {
         /// dnsperf runs per server (QPS and average latency are medians).
         #[arg(long, default_value_t = 3)]
         trials: usize,
-        /// Seconds per dnsperf run (3 x 8 s + 5 s x 3 servers: about 2 min).
+        /// Seconds per dnsperf run (3 x (8 + 3) s x 3 servers: about 2 min).
         #[arg(long, default_value_t = 8)]
         secs: u64,
-        /// Seconds of the extra `dnsperf -v` run that gives p99 (0: none).
-        #[arg(long, default_value_t = 5)]
+        /// Seconds of each round's extra `dnsperf -v` run that gives p99 (0: none).
+        #[arg(long, default_value_t = 3)]
         latency_secs: u64,
         /// dnsperf -c: clients (sockets).
         #[arg(long, default_value_t = 10)]
@@ -229,7 +229,7 @@ fn bench_dns(spec: dnsbench::DnsBenchSpec, json: Option<PathBuf>) -> Result<()> 
     let started = Instant::now();
     println!(
         "authoritative DNS: zone {} on {}:{} in a namespace of its own, one server at a time; \
-         dnsperf -c {} -T {} -q {}, {} x {} s per server (medians) + {} s with -v for p99; \
+         dnsperf -c {} -T {} -q {}, {} rounds of {} s per server (medians), each + {} s with -v for p99; \
          mix {} % hits (A, AAAA), {} % NXDOMAIN; NSD server-count {}\n",
         dnsbench::ORIGIN,
         dnsbench::LISTEN,
@@ -283,13 +283,14 @@ fn bench_dns(spec: dnsbench::DnsBenchSpec, json: Option<PathBuf>) -> Result<()> 
     println!(
         "\ntarget: hinan >= 1.0x Knot's QPS with no loss: {}",
         match (report.target_met, report.hinan_vs_knot) {
-            (Some(true), Some(x)) => format!("met ({x:.2}x)"),
-            (Some(false), Some(x)) => format!("NOT met ({x:.2}x, see loss and problems)"),
+            (Some(true), Some(x)) => format!("met ({x:.3}x)"),
+            (Some(false), Some(x)) =>
+                format!("NOT met ({x:.3}x; loss or wrong answers also fail it)"),
             _ => "not measured".into(),
         }
     );
     println!(
-        "p99: nearest rank over every answer of the separate `dnsperf -v` run; {}",
+        "p99: nearest rank over every answer of each round's separate `dnsperf -v` run, median over rounds; {}",
         report.dnsperf
     );
     println!("total {:.0} s", started.elapsed().as_secs_f64());
@@ -363,8 +364,8 @@ fn bench_vpn(spec: vpnbench::VpnBenchSpec, json: Option<PathBuf>) -> Result<()> 
         );
     }
     let verdict = |x: Option<f64>| match x {
-        Some(x) if x >= vpnbench::TARGET_VS_WIREGUARD_GO => format!("{x:.2}x (met)"),
-        Some(x) => format!("{x:.2}x (NOT met)"),
+        Some(x) if x >= vpnbench::TARGET_VS_WIREGUARD_GO => format!("{x:.3}x (met)"),
+        Some(x) => format!("{x:.3}x (NOT met)"),
         None => "not measured".into(),
     };
     println!(
