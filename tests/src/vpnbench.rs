@@ -556,19 +556,16 @@ fn listening_tcp(ns: &str, port: u16) -> bool {
 /// Pings `to` from `ns` until it answers (at most 15 s): brings up tunnels
 /// that set up on the first packet (the WireGuard handshake, tinc's meta connection).
 fn wait_ping(ns: &str, to: Ipv4Addr, daemons: &[Daemon]) -> Result<()> {
-    sys::wait_for(
+    let daemons: Vec<&Daemon> = daemons.iter().collect();
+    wait_while_running(
         &format!("a ping from {ns} to {to} to be answered"),
         Duration::from_secs(15),
         Duration::from_millis(100),
+        &daemons,
         || {
-            for d in daemons {
-                if !d.running() {
-                    bail!("{} exited", d.rec.role);
-                }
-            }
-            Ok(run_in(ns, "ping", &["-c", "1", "-W", "1", &to.to_string()])
+            run_in(ns, "ping", &["-c", "1", "-W", "1", &to.to_string()])
                 .ok()
-                .map(|_| ()))
+                .map(|_| ())
         },
     )
 }
@@ -652,22 +649,35 @@ pub fn tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// Polls `probe` every `step` until it gives a value or `limit` passes, like
+/// [`sys::wait_for`], but fails at once, with its log, when one of `daemons` exits.
+pub fn wait_while_running<T>(
+    what: &str,
+    limit: Duration,
+    step: Duration,
+    daemons: &[&Daemon],
+    mut probe: impl FnMut() -> Option<T>,
+) -> Result<T> {
+    sys::wait_for(what, limit, step, || {
+        if let Some(d) = daemons.iter().find(|d| !d.running()) {
+            return Ok(Some(Err(anyhow::anyhow!(
+                "{} exited while waiting for {what}; its log:\n{}",
+                d.rec.role,
+                d.log_tail(20)
+            ))));
+        }
+        Ok(probe().map(Ok))
+    })?
+}
+
 /// Waits for device `dev` in `ns` (created by a daemon), gives it `addr/24`, brings it up.
 fn address_device(ns: &str, dev: &str, addr: Ipv4Addr, daemon: &Daemon) -> Result<()> {
-    sys::wait_for(
+    wait_while_running(
         &format!("{} to create {dev} in {ns}", daemon.rec.role),
         Duration::from_secs(10),
         Duration::from_millis(20),
-        || {
-            if !daemon.running() {
-                bail!(
-                    "{} exited; its log:\n{}",
-                    daemon.rec.role,
-                    daemon.log_tail(20)
-                );
-            }
-            Ok(ip(ns, &["link", "show", dev]).ok().map(|_| ()))
-        },
+        &[daemon],
+        || ip(ns, &["link", "show", dev]).ok().map(|_| ()),
     )?;
     ip(ns, &["addr", "add", &format!("{addr}/24"), "dev", dev])?;
     ip(ns, &["link", "set", dev, "up"])?;
@@ -726,16 +736,12 @@ fn start_wireguard_go(run: &mut RunDir, dir: &Path, a: &Campus, b: &Campus) -> R
         .context("starting wireguard-go (`.ci/deps.sh bench` installs it)")?;
         // wireguard-go removes its UAPI socket on SIGTERM, not after SIGKILL.
         d.leaves.push(sock.clone());
-        sys::wait_for(
+        wait_while_running(
             &format!("wireguard-go's UAPI socket {}", sock.display()),
             Duration::from_secs(10),
             Duration::from_millis(20),
-            || {
-                if !d.running() {
-                    bail!("wireguard-go exited; its log:\n{}", d.log_tail(20));
-                }
-                Ok(sock.exists().then_some(()))
-            },
+            &[&d],
+            || sock.exists().then_some(()),
         )?;
         run_in(
             &me.ns,
