@@ -22,6 +22,7 @@ pub mod run;
 pub mod stats;
 pub mod sys;
 pub mod vm;
+pub mod vpn;
 pub mod wan;
 
 pub use lab::{Campus, Lab, LabSpec, Topology};
