@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 use hinan_lab::wan::{self, LinkImpairment};
+use hinan_lab::lab::SegmentLink;
 use hinan_lab::{guest, run, Lab, LabSpec, Probe, ProbeSpec, VmSpec};
 
 /// The id of the lab `hinan-lab up` builds and the other commands act on.
@@ -36,6 +37,10 @@ enum Command {
         /// Do not boot the LMS guest at campus A.
         #[arg(long)]
         no_vm: bool,
+        /// How the campus segments are joined: wireguard (hinan's EtherIP in
+        /// WireGuard), raw (hinan's raw EtherIP) or veth (a direct wire).
+        #[arg(long, default_value = "wireguard")]
+        segment: SegmentLink,
     },
     /// Remove every lab on this machine, including ones left by crashed runs.
     Down,
@@ -103,7 +108,8 @@ fn main() -> Result<()> {
             campuses,
             witness,
             no_vm,
-        } => up(campuses, witness, no_vm),
+            segment,
+        } => up(campuses, witness, no_vm, segment),
         Command::Down => down(),
         Command::Status => {
             print!("{}", Lab::open(CLI_LAB)?.status());
@@ -170,7 +176,7 @@ fn main() -> Result<()> {
     }
 }
 
-fn up(campuses: usize, witness: bool, no_vm: bool) -> Result<()> {
+fn up(campuses: usize, witness: bool, no_vm: bool, segment: SegmentLink) -> Result<()> {
     if run::base_dir().join(CLI_LAB).exists() {
         bail!("the lab is up already; see `hinan-lab status`, or remove it with `hinan-lab down`");
     }
@@ -179,6 +185,7 @@ fn up(campuses: usize, witness: bool, no_vm: bool) -> Result<()> {
         campuses,
         witness,
         persistent: true,
+        segment,
         ..LabSpec::default()
     };
     eprintln!("building {campuses} campuses (the first libvirtd answer takes about 10 s)…");
