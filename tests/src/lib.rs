@@ -7,6 +7,7 @@
 //! the [`Lab`] is dropped, by `hinan-lab down`, or by the next lab that starts
 //! after a crash. Processes are stopped by recorded PID and start time only.
 
+pub mod capture;
 pub mod cluster;
 pub mod clusterbench;
 pub mod delay;

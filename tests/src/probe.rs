@@ -424,7 +424,10 @@ impl LongStream {
             let started = (|| -> Result<BufReader<std::net::TcpStream>> {
                 let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
                 s.set_read_timeout(Some(Duration::from_secs(15)))?;
-                write!(s, "GET /cgi-bin/stream?{secs} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+                write!(
+                    s,
+                    "GET /cgi-bin/stream?{secs} HTTP/1.0\r\nHost: {addr}\r\n\r\n"
+                )?;
                 Ok(BufReader::new(s))
             })();
             let mut reader = match started {
@@ -449,12 +452,15 @@ impl LongStream {
                 line.clear();
                 match reader.read_line(&mut line) {
                     Ok(0) => {
-                        report.error.get_or_insert("connection closed before DONE".into());
+                        report
+                            .error
+                            .get_or_insert("connection closed before DONE".into());
                         break;
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        report.error = Some(format!("read failed after {} lines: {e}", report.lines));
+                        report.error =
+                            Some(format!("read failed after {} lines: {e}", report.lines));
                         break;
                     }
                 }
@@ -470,7 +476,11 @@ impl LongStream {
                     report.error = None;
                     break;
                 }
-                let n: u64 = text.split(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                let n: u64 = text
+                    .split(' ')
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
                 if report.lines > 0 {
                     report.longest_gap_ms = report.longest_gap_ms.max(gap);
                 }

@@ -219,8 +219,13 @@ pub fn start_endpoint(site: &VpnSite, tap: &str) -> Result<ProcRecord> {
         socket.as_os_str(),
     ];
     let pid = sys::spawn_daemon_in(&site.ns, bin.as_os_str(), &args, &site.log())?;
-    let rec = ProcRecord::of(&format!("vpn-{}", site.name), pid as i32)
-        .with_context(|| format!("hinan vpn at {} exited at once:\n{}", site.name, tail(&site.log())))?;
+    let rec = ProcRecord::of(&format!("vpn-{}", site.name), pid as i32).with_context(|| {
+        format!(
+            "hinan vpn at {} exited at once:\n{}",
+            site.name,
+            tail(&site.log())
+        )
+    })?;
     sys::wait_for(
         &format!("the VPN endpoint at {} to create {tap}", site.name),
         Duration::from_secs(10),
@@ -237,7 +242,12 @@ pub fn status(site: &VpnSite) -> Result<serde_json::Value> {
     let socket = site.status_socket();
     let out = sys::run(
         bin.to_str().context("hinan path is not UTF-8")?,
-        &["vpn", "status", "--status-socket", socket.to_str().context("path")?],
+        &[
+            "vpn",
+            "status",
+            "--status-socket",
+            socket.to_str().context("path")?,
+        ],
     )?;
     serde_json::from_str(&out).context("hinan vpn status printed no JSON")
 }

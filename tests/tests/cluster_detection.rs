@@ -11,10 +11,10 @@
 use std::time::Duration;
 
 use hinan_lab::clusterbench::{self, unix_us};
+use hinan_lab::lab::SegmentLink;
 use hinan_lab::probe::http_get;
 use hinan_lab::stats::{median, percentile};
 use hinan_lab::wan::{self, WanState};
-use hinan_lab::lab::SegmentLink;
 use hinan_lab::{guest, Lab, LabSpec, VmSpec};
 use hinan_orchestrator::state::{Command, Site, StorageMode, Vm, VmCheck};
 

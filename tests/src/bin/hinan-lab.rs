@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
-use hinan_lab::wan::{self, LinkImpairment};
 use hinan_lab::lab::SegmentLink;
+use hinan_lab::wan::{self, LinkImpairment};
 use hinan_lab::{guest, run, Lab, LabSpec, Probe, ProbeSpec, VmSpec};
 
 /// The id of the lab `hinan-lab up` builds and the other commands act on.
