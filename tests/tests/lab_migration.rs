@@ -84,6 +84,22 @@ fn migrate_over(segment: SegmentLink) {
         "libvirtd at A still runs the VM"
     );
 
+    // hinan's bridge at A saw the VM's MAC move behind the tunnel to B.
+    let site_a = &lab.vpn_sites()[0];
+    let status = hinan_lab::vpn::status(site_a).unwrap();
+    let moved = status["recent_events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|e| {
+            e[1]["event"] == "mac_moved" && e[1]["mac"] == vm.mac.as_str() && e[1]["to"] == "b"
+        });
+    assert!(
+        moved,
+        "no MAC move of {} to b at A's VPN endpoint: {status}",
+        vm.mac
+    );
+
     // The same guest answers (a live migration, not a reboot).
     assert_eq!(
         info(&lab, &vm),

@@ -51,6 +51,13 @@ use crate::socket::{self, RecvBatch, SocketKind, TunnelSocket, MAX_GSO_SEGMENTS,
 pub const ROTATION_GRACE: Duration = Duration::from_secs(10);
 /// Timer period; boringtun's own device ticks every 250 ms.
 const TICK: Duration = Duration::from_millis(100);
+/// WireGuard retries an unanswered handshake every 5 s (REKEY_TIMEOUT).
+/// While frames wait for a peer without a usable session, hinan retries
+/// every second instead, so a tunnel is back within about a second of the
+/// path returning (a session younger than 180 s needs no handshake at all).
+const HANDSHAKE_RETRY: Duration = Duration::from_secs(1);
+/// WireGuard's REJECT_AFTER_TIME: a session older than this carries nothing.
+const SESSION_LIFETIME: Duration = Duration::from_secs(180);
 /// How long blocking reads wait before checking for shutdown.
 const READ_TIMEOUT: Duration = Duration::from_millis(100);
 /// Output buffer per encapsulated frame.
@@ -77,12 +84,14 @@ pub enum EndpointError {
 }
 
 /// Something the orchestrator wants to know.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
 pub enum VpnEvent {
     /// A MAC (a VM) now sends from behind `to` (a peer's name, or "local").
     MacMoved {
         vlan: u16,
-        mac: [u8; 6],
+        /// As `52:54:00:70:00:10`.
+        mac: String,
         from: String,
         to: String,
     },
@@ -146,7 +155,13 @@ pub struct Status {
     pub unknown_source: u64,
     pub macs_learned: usize,
     pub peers: Vec<PeerStatus>,
+    /// The latest events (at most [`RECENT_EVENTS`]), oldest first, with the
+    /// seconds since the endpoint started.
+    pub recent_events: Vec<(f64, VpnEvent)>,
 }
+
+/// Events kept for [`Status::recent_events`].
+pub const RECENT_EVENTS: usize = 32;
 
 #[derive(Debug, Default)]
 struct Counters {
@@ -171,6 +186,10 @@ struct WgState {
     previous: Option<Previous>,
     /// The current session is new and has not asked for a handshake yet.
     kick: bool,
+    /// When a frame last waited for this peer, and when the last forced
+    /// handshake initiation left.
+    last_send_attempt: Option<Instant>,
+    last_forced_handshake: Option<Instant>,
 }
 
 struct Previous {
@@ -292,6 +311,7 @@ struct Shared {
     stop: AtomicBool,
     unknown_source: AtomicU64,
     events: Box<dyn Fn(VpnEvent) + Send + Sync>,
+    recent: Mutex<std::collections::VecDeque<(f64, VpnEvent)>>,
     compat: Compat,
     offload: bool,
 }
@@ -354,6 +374,8 @@ fn peer_state(settings: &Settings, peer: &Peer, id: TunnelId) -> PeerState {
                 generation: 0,
                 previous: None,
                 kick: false,
+                last_send_attempt: None,
+                last_forced_handshake: None,
             })
         }),
     };
@@ -454,6 +476,7 @@ impl Endpoint {
             stop: AtomicBool::new(false),
             unknown_source: AtomicU64::new(0),
             events,
+            recent: Mutex::new(std::collections::VecDeque::new()),
             compat,
             offload,
         });
@@ -616,6 +639,7 @@ impl Endpoint {
             unknown_source: shared.unknown_source.load(Ordering::Relaxed),
             macs_learned: bridge.macs(now(shared)).count(),
             peers,
+            recent_events: lock(&shared.recent).iter().cloned().collect(),
         }
     }
 
@@ -742,6 +766,7 @@ fn send_to_peer(shared: &Shared, peer: &PeerState, frame: &[u8], batch: &mut TxB
         Some(wg) => {
             let endpoint = peer.endpoint();
             let mut wg = lock(wg);
+            wg.last_send_attempt = Some(Instant::now());
             let session = wg.sending();
             let need = session.out_len(frame.len());
             let Some(to) = endpoint else {
@@ -773,7 +798,7 @@ fn send_to_peer(shared: &Shared, peer: &PeerState, frame: &[u8], batch: &mut TxB
             if wg.kick {
                 wg.kick = false;
                 let mut out = [0u8; 256];
-                if let Action::SendToPeer(d) = wg.current.initiate_handshake(&mut out) {
+                if let Action::SendToPeer(d) = wg.current.initiate_handshake(&mut out, false) {
                     let _ = shared.socket.send_to(&[d], to);
                 }
             }
@@ -810,11 +835,23 @@ fn emit_events(shared: &Shared, bridge: &mut Bridge) {
         };
         let event = VpnEvent::MacMoved {
             vlan: vlan.get(),
-            mac: mac.0,
+            mac: mac
+                .0
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":"),
             from: name(from),
             to: name(to),
         };
         tracing::info!(?event, "MAC moved");
+        {
+            let mut recent = lock(&shared.recent);
+            if recent.len() == RECENT_EVENTS {
+                recent.pop_front();
+            }
+            recent.push_back((now(shared).as_secs_f64(), event.clone()));
+        }
         (shared.events)(event);
     }
 }
@@ -1108,6 +1145,24 @@ fn timers(shared: &Shared) {
             {
                 wg.previous = None;
                 tracing::info!(peer = %read(&peer.config).name, "key rotation complete");
+            }
+            let usable = wg
+                .current
+                .time_since_last_handshake()
+                .is_some_and(|t| t < SESSION_LIFETIME);
+            let waiting = wg
+                .last_send_attempt
+                .is_some_and(|t| t.elapsed() < HANDSHAKE_RETRY);
+            let due = wg
+                .last_forced_handshake
+                .is_none_or(|t| t.elapsed() >= HANDSHAKE_RETRY);
+            if !usable && waiting && due && wg.previous.is_none() {
+                wg.last_forced_handshake = Some(Instant::now());
+                if let (Action::SendToPeer(d), Some(to)) =
+                    (wg.current.initiate_handshake(&mut out, true), to)
+                {
+                    let _ = shared.socket.send_to(&[d], to);
+                }
             }
             for which in 0..2 {
                 let session = if which == 0 {

@@ -249,15 +249,16 @@ impl Session {
     }
 
     /// Starts a handshake now, as after a key change, unless one is under
-    /// way. `out` must hold [`MIN_OUT_LEN`] bytes.
-    pub fn initiate_handshake<'a>(&mut self, out: &'a mut [u8]) -> Action<'a> {
+    /// way; with `force`, sends a new initiation even then. `out` must hold
+    /// [`MIN_OUT_LEN`] bytes.
+    pub fn initiate_handshake<'a>(&mut self, out: &'a mut [u8], force: bool) -> Action<'a> {
         if out.len() < MIN_OUT_LEN {
             return Action::Error(SessionError::BufferTooSmall {
                 need: MIN_OUT_LEN,
                 have: out.len(),
             });
         }
-        from_tunn(self.tunn.format_handshake_initiation(out, false))
+        from_tunn(self.tunn.format_handshake_initiation(out, force))
     }
 
     /// Time since the current session's handshake, or `None` without one.
