@@ -253,11 +253,23 @@ struct ShuttleStats {
     bad_frames: u64,
 }
 
+/// How the shuttle moves frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    /// `Tap::read`, then `segment` and a `Coalescer` if the TAPs have
+    /// virtio-net headers, then `Tap::write`: what the VPN's fast path does.
+    ReadWrite,
+    /// `FrameDevice::recv` and `send`: one plain frame per call.
+    FrameDevice,
+}
+
 /// Moves frames between two TAPs until `stop` is set, as the VPN does
-/// between the campus TAP and a tunnel: with virtio-net headers, every read
-/// is split with `segment` and every batch merged again by a `Coalescer`
-/// before it is written.
-fn shuttle(taps: [&Tap; 2], stop: &AtomicBool) -> ShuttleStats {
+/// between the campus TAP and a tunnel.
+fn shuttle(taps: &mut [Tap; 2], path: Path, stop: &AtomicBool) -> ShuttleStats {
+    if path == Path::FrameDevice {
+        return shuttle_frames(taps, stop);
+    }
+    let taps = [&taps[0], &taps[1]];
     let vnet = taps[0].has_vnet_hdr();
     let mut stats = ShuttleStats::default();
     let mut buf = vec![0u8; MAX_READ_LEN];
@@ -312,6 +324,39 @@ fn shuttle(taps: [&Tap; 2], stop: &AtomicBool) -> ShuttleStats {
         }
     }
     stats.super_frame_writes = coalescer.stats().super_frames_out;
+    stats
+}
+
+fn shuttle_frames(taps: &mut [Tap; 2], stop: &AtomicBool) -> ShuttleStats {
+    let mut stats = ShuttleStats::default();
+    let mut buf = [0u8; 1522];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        let mut pfds = [&taps[0], &taps[1]].map(|t| libc::pollfd {
+            fd: t.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        // SAFETY: two valid pollfds.
+        unsafe { libc::poll(pfds.as_mut_ptr(), 2, 20) };
+        for from in 0..2 {
+            let [a, b] = taps;
+            let (src, dst) = if from == 0 { (a, b) } else { (b, a) };
+            for _ in 0..64 {
+                let Some(len) = src.recv(&mut buf).expect("recv") else {
+                    break;
+                };
+                assert!(len <= src.max_frame_len(), "{len}-byte frame leaked");
+                stats.reads += 1;
+                stats.writes += 1;
+                if dst.send(&buf[..len]).is_err() {
+                    stats.write_errors += 1;
+                }
+            }
+        }
+    }
+    stats.gso_reads = taps[0].gso_reads() + taps[1].gso_reads();
+    stats.bad_frames = taps[0].dropped() + taps[1].dropped();
     stats
 }
 
@@ -381,7 +426,12 @@ fn bulk_transfer(client_ns: &Netns, server_ns: &Netns, server_addr: &str, len: u
 
 /// Two namespaces bridged by a shuttle between their TAPs; returns the
 /// shuttle's stats and prints the throughput of each transfer.
-fn transfer_through_shuttle(opts: TapOptions, label: &str) -> ShuttleStats {
+fn transfer_through_shuttle(
+    opts: TapOptions,
+    path: Path,
+    mib: [usize; 2],
+    label: &str,
+) -> ShuttleStats {
     let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (a, b) = (Netns::new(), Netns::new());
     let tap_a = a
@@ -392,18 +442,23 @@ fn transfer_through_shuttle(opts: TapOptions, label: &str) -> ShuttleStats {
         .run(|| Tap::open("hvb", &opts))
         .expect("open hvb")
         .remove(0);
-    for tap in [&tap_a, &tap_b] {
-        tap.set_nonblocking(true).unwrap();
+    if path == Path::FrameDevice {
+        // FrameDevice::recv does not block on blocking descriptors either.
+    } else {
+        for tap in [&tap_a, &tap_b] {
+            tap.set_nonblocking(true).unwrap();
+        }
     }
+    let mut taps = [tap_a, tap_b];
     a.ip(&["addr", "add", "10.78.0.1/24", "dev", "hva"]);
     b.ip(&["addr", "add", "10.78.0.2/24", "dev", "hvb"]);
     a.ip(&["addr", "add", "fd00:78::1/64", "dev", "hva", "nodad"]);
     b.ip(&["addr", "add", "fd00:78::2/64", "dev", "hvb", "nodad"]);
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
-        let shuttle = s.spawn(|| shuttle([&tap_a, &tap_b], &stop));
+        let shuttle = s.spawn(|| shuttle(&mut taps, path, &stop));
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            for (addr, mib) in [("10.78.0.2:5201", 64), ("[fd00:78::2]:5201", 16)] {
+            for (addr, mib) in [("10.78.0.2:5201", mib[0]), ("[fd00:78::2]:5201", mib[1])] {
                 let secs = bulk_transfer(&a, &b, addr, mib << 20);
                 println!(
                     "{label}: {mib} MiB to {addr} in {secs:.3} s = {:.2} Gbit/s",
@@ -427,7 +482,12 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 #[test]
 fn tcp_through_the_offload_path_arrives_intact_in_super_frames() {
-    let stats = transfer_through_shuttle(TapOptions::offloaded(1), "offloads on");
+    let stats = transfer_through_shuttle(
+        TapOptions::offloaded(1),
+        Path::ReadWrite,
+        [64, 16],
+        "offloads on",
+    );
     assert!(
         stats.gso_reads > 0,
         "the kernel sent no super-frame: {stats:?}"
@@ -444,10 +504,29 @@ fn tcp_through_the_offload_path_arrives_intact_in_super_frames() {
 
 #[test]
 fn tcp_through_plain_taps_arrives_intact() {
-    let stats = transfer_through_shuttle(TapOptions::default(), "offloads off");
+    let stats = transfer_through_shuttle(
+        TapOptions::default(),
+        Path::ReadWrite,
+        [64, 16],
+        "offloads off",
+    );
     assert_eq!(stats.gso_reads, 0);
     assert!(
         stats.reads > (80 << 20) / 1514,
         "one frame per read: {stats:?}"
+    );
+}
+
+#[test]
+fn frame_device_splits_super_frames_into_mtu_sized_frames() {
+    let stats = transfer_through_shuttle(
+        TapOptions::offloaded(1),
+        Path::FrameDevice,
+        [16, 4],
+        "FrameDevice, offloads on",
+    );
+    assert!(
+        stats.gso_reads > 0,
+        "the kernel sent no super-frame: {stats:?}"
     );
 }
