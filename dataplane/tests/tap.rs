@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use hinan_dataplane::device::FrameDevice;
 use hinan_dataplane::offload::{
-    segment, Coalescer, GsoType, VirtioNetHdr, VirtioNetHdrRepr, VIRTIO_NET_HDR_LEN,
+    segment, Coalescer, GsoType, HdrFlags, VirtioNetHdr, VirtioNetHdrRepr, VIRTIO_NET_HDR_LEN,
 };
 use hinan_dataplane::tap::{Tap, TapError, TapOptions, MAX_READ_LEN};
 
@@ -251,6 +251,8 @@ struct ShuttleStats {
     super_frame_writes: u64,
     write_errors: u64,
     bad_frames: u64,
+    /// The first super-frame header the kernel gave, per GSO type.
+    gso_headers: Vec<VirtioNetHdrRepr>,
 }
 
 /// How the shuttle moves frames.
@@ -310,6 +312,9 @@ fn shuttle(taps: &mut [Tap; 2], path: Path, stop: &AtomicBool) -> ShuttleStats {
                     .unwrap();
                 if hdr.gso_type != GsoType::None {
                     stats.gso_reads += 1;
+                    if !stats.gso_headers.iter().any(|h| h.gso_type == hdr.gso_type) {
+                        stats.gso_headers.push(hdr);
+                    }
                 }
                 let frame = &mut buf[VIRTIO_NET_HDR_LEN..len];
                 let result = segment(&hdr, frame, &mut scratch, |seg| {
