@@ -497,6 +497,24 @@ fn tcp_through_the_offload_path_arrives_intact_in_super_frames() {
         stats.gso_reads > 0,
         "the kernel sent no super-frame: {stats:?}"
     );
+    // TSO over both families, with the checksum left at the TCP header
+    // (Ethernet 14 + IPv4 20 or IPv6 40) and segments that fit MTU 1500.
+    let mut seen: Vec<_> = stats
+        .gso_headers
+        .iter()
+        .map(|h| {
+            assert!(h.flags.contains(HdrFlags::NEEDS_CSUM), "{h:?}");
+            assert_eq!(h.csum_offset, 16, "{h:?}");
+            let fits = usize::from(h.gso_size) + usize::from(h.csum_start) + 20 <= 1500 + 14;
+            (h.gso_type, h.csum_start, fits && h.gso_size > 1000)
+        })
+        .collect();
+    seen.sort_by_key(|s| s.1);
+    assert_eq!(
+        seen,
+        [(GsoType::TcpV4, 34, true), (GsoType::TcpV6, 54, true)],
+        "{stats:?}"
+    );
     assert!(
         stats.super_frame_writes > 0,
         "nothing was coalesced: {stats:?}"
