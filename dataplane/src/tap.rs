@@ -111,11 +111,21 @@ fn hint(err: &io::Error) -> &'static str {
         Some(libc::ENOENT) | Some(libc::ENODEV) => {
             " (is the tun module loaded? `modprobe tun`, and /dev/net/tun must exist)"
         }
-        Some(libc::EBUSY) => {
-            " (a device of that name exists with other flags: vnet header or multi-queue differ, or it is not a TAP)"
-        }
-        Some(libc::EINVAL) => " (the kernel rejected the request: a non-TAP device of that name may exist, or the value is out of range)",
         _ => "",
+    }
+}
+
+/// What `TUNSETIFF`'s errors mean (drivers/net/tun.c, `tun_set_iff`).
+fn create_hint(err: &io::Error) -> &'static str {
+    match err.raw_os_error() {
+        Some(libc::EINVAL) => {
+            " (a device of that name exists and is not a TAP, or was opened with a different number of queues: single versus multi-queue)"
+        }
+        Some(libc::EBUSY) => " (the single-queue TAP is already open, by this or another process)",
+        Some(libc::EPERM) | Some(libc::EACCES) => {
+            " (run as root or give CAP_NET_ADMIN; an existing TAP may also belong to another user)"
+        }
+        _ => hint(err),
     }
 }
 
@@ -242,8 +252,11 @@ fn if_ioctl(request: libc::c_ulong, req: &mut IfReq) -> io::Result<()> {
 
 impl Tap {
     /// Creates the TAP device `name`, or attaches to it if it exists with the
-    /// same flags, and returns one `Tap` per queue. Sets the MTU if asked and
-    /// brings the device up.
+    /// same number of queues (one, or several), and returns one `Tap` per
+    /// queue. Sets the MTU if asked and brings the device up.
+    ///
+    /// Every opener of one device must use the same `vnet_hdr` and
+    /// `offloads`: the kernel applies the last opener's flags to all queues.
     ///
     /// Device configuration (MTU, up) happens in the calling thread's network
     /// namespace: to create a TAP inside a namespace, call this from a
@@ -340,7 +353,7 @@ impl Tap {
             unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF as _, &mut req as *mut IfReq) };
         cvt(ret).map_err(|source| TapError::Create {
             name: name.to_owned(),
-            hint: hint(&source),
+            hint: create_hint(&source),
             source,
         })?;
         let name = req.name();

@@ -228,16 +228,39 @@ fn errors_say_what_to_fix() {
         Err(TapError::NameInvalid { .. })
     ));
 
-    // A plain TAP and a vnet-header TAP cannot share a name.
+    // A single-queue TAP cannot be reopened as a multi-queue one.
     let ns = Netns::new();
     let err = ns.run(|| {
         let _first = Tap::open("hvt0", &TapOptions::default()).expect("first open");
         Tap::open("hvt0", &TapOptions::offloaded(2)).unwrap_err()
     });
-    let text = err.to_string();
+    assert_eq!(
+        err.to_string(),
+        "cannot create TAP device 'hvt0': Invalid argument (os error 22) (a device of that name \
+         exists and is not a TAP, or was opened with a different number of queues: single \
+         versus multi-queue)"
+    );
+    // Nor opened twice.
+    let err = ns.run(|| {
+        let _first = Tap::open("hvt1", &TapOptions::default()).expect("first open");
+        Tap::open("hvt1", &TapOptions::default()).unwrap_err()
+    });
     assert!(
-        text.starts_with("cannot create TAP device 'hvt0': "),
-        "{text}"
+        err.to_string()
+            .ends_with("(the single-queue TAP is already open, by this or another process)"),
+        "{err}"
+    );
+    // A multi-queue TAP takes more queues, from open and from clone_queue.
+    let queues = ns.run(|| {
+        let taps = Tap::open("hvt2", &TapOptions::offloaded(2)).expect("open");
+        let more = Tap::open("hvt2", &TapOptions::offloaded(1)).map(|t| t.len());
+        let clone = taps[0].clone_queue().map(|t| t.name().to_owned());
+        (more.ok(), clone.ok())
+    });
+    assert_eq!(
+        queues,
+        (None, Some("hvt2".to_owned())),
+        "one queue is not multi-queue"
     );
 }
 
