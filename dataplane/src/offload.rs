@@ -512,6 +512,10 @@ pub fn complete_checksum(hdr: &VirtioNetHdrRepr, frame: &mut [u8]) -> Result<(),
 ///   sequence number fixed, FIN and PSH kept only on the last segment, CWR
 ///   only on the first, and the full TCP checksum computed.
 ///
+/// To cut smaller segments than the kernel chose (a tunnel whose inner MTU
+/// is below the TAP's), lower `hdr.gso_size` before the call; frames that
+/// are not super-frames are never split.
+///
 /// Returns the number of frames handed out. Nothing is handed out when the
 /// frame is refused.
 pub fn segment<F: FnMut(&mut [u8])>(
@@ -586,6 +590,17 @@ pub fn segment<F: FnMut(&mut [u8])>(
         out(seg);
     }
     Ok(count)
+}
+
+/// [`segment`] for a whole TAP read: parses the virtio-net header at the
+/// front of `read` and splits the frame behind it.
+pub fn segment_read<F: FnMut(&mut [u8])>(
+    read: &mut [u8],
+    scratch: &mut [u8],
+    out: F,
+) -> Result<usize, OffloadError> {
+    let hdr = VirtioNetHdrRepr::parse(&VirtioNetHdr::new_checked(&*read)?)?;
+    segment(&hdr, &mut read[VIRTIO_NET_HDR_LEN..], scratch, out)
 }
 
 /// Counters of what a [`Coalescer`] did, for tests and metrics.
@@ -1149,6 +1164,21 @@ mod tests {
             assert_eq!(l.l3, 18, "VLAN tag kept");
             assert_eq!(be16(seg, l.l3 + 4), 32 + 1000);
         }
+    }
+
+    #[test]
+    fn segment_read_takes_the_header_from_the_front() {
+        let sup = tcp_frame(V4, &payload(3000), true);
+        let mut read = gso_hdr(V4, 1448).to_bytes().to_vec();
+        read.extend_from_slice(&sup);
+        let mut scratch = vec![0u8; 2000];
+        let mut lens = Vec::new();
+        let n = segment_read(&mut read, &mut scratch, |s| lens.push(assert_valid(s).end)).unwrap();
+        assert_eq!((n, lens), (3, vec![66 + 1448, 66 + 1448, 66 + 104]));
+        assert_eq!(
+            segment_read(&mut read[..9], &mut scratch, |_| ()),
+            Err(OffloadError::HeaderTruncated { len: 9 })
+        );
     }
 
     #[test]

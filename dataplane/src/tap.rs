@@ -14,6 +14,36 @@
 //! direction, merge segments with [`Coalescer`](crate::offload::Coalescer)
 //! before writing. The [`FrameDevice`] implementation does the splitting for
 //! you, one plain frame per `recv`, for shells that do not batch.
+//!
+//! The fast path, as a VPN shell drives it:
+//!
+//! ```no_run
+//! use hinan_dataplane::offload::{segment_read, Coalescer};
+//! use hinan_dataplane::tap::{Tap, TapOptions, MAX_READ_LEN};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let opts = TapOptions { mtu: Some(1400), ..TapOptions::offloaded(1) };
+//! let tap = Tap::open("hv0", &opts)?.remove(0);
+//! let mut buf = vec![0u8; MAX_READ_LEN];
+//! let mut scratch = vec![0u8; MAX_READ_LEN];
+//!
+//! // Campus to tunnel: one read, up to ~45 MTU-sized frames.
+//! let len = tap.read(&mut buf)?;
+//! segment_read(&mut buf[..len], &mut scratch, |frame| {
+//!     // encapsulate `frame` (a complete Ethernet frame) and send it
+//! })?;
+//!
+//! // Tunnel to campus: frames from one batch of datagrams, merged, then
+//! // one write per super-frame (header included in `out`).
+//! let mut coalescer = Coalescer::new(8);
+//! let decrypted: Vec<Vec<u8>> = Vec::new();
+//! for frame in &decrypted {
+//!     coalescer.push(frame, |out| drop(tap.write(out)));
+//! }
+//! coalescer.flush(|out| drop(tap.write(out)));
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::VecDeque;
 use std::ffi::CStr;
@@ -612,10 +642,10 @@ impl FrameDevice for Tap {
             if hdr.gso_type != offload::GsoType::None {
                 rx.gso_reads += 1;
             }
-            let frame = &mut rx.buf[VIRTIO_NET_HDR_LEN..len];
             rx.scratch.resize(MAX_READ_LEN, 0);
             let segments = &mut rx.segments;
             let pending = &mut rx.pending;
+            let frame = &mut rx.buf[VIRTIO_NET_HDR_LEN..len];
             let result = offload::segment(&hdr, frame, &mut rx.scratch, |segment| {
                 let start = segments.len();
                 segments.extend_from_slice(segment);
