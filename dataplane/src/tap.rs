@@ -46,7 +46,6 @@
 //! ```
 
 use std::collections::VecDeque;
-use std::ffi::CStr;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -242,11 +241,13 @@ impl IfReq {
     }
 
     fn name(&self) -> String {
-        // SAFETY: `name` is IFNAMSIZ bytes; the kernel NUL-terminates it and
-        // `new` leaves at least the last byte zero (names are checked to be
-        // at most IFNAMSIZ - 1 bytes).
-        let cstr = unsafe { CStr::from_ptr(self.name.as_ptr()) };
-        cstr.to_string_lossy().into_owned()
+        let bytes: Vec<u8> = self
+            .name
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
     }
 }
 
