@@ -14,9 +14,38 @@
 //! direction, merge segments with [`Coalescer`](crate::offload::Coalescer)
 //! before writing. The [`FrameDevice`] implementation does the splitting for
 //! you, one plain frame per `recv`, for shells that do not batch.
+//!
+//! The fast path, as a VPN shell drives it:
+//!
+//! ```no_run
+//! use hinan_dataplane::offload::{segment_read, Coalescer};
+//! use hinan_dataplane::tap::{Tap, TapOptions, MAX_READ_LEN};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let opts = TapOptions { mtu: Some(1400), ..TapOptions::offloaded(1) };
+//! let tap = Tap::open("hv0", &opts)?.remove(0);
+//! let mut buf = vec![0u8; MAX_READ_LEN];
+//! let mut scratch = vec![0u8; MAX_READ_LEN];
+//!
+//! // Campus to tunnel: one read, up to ~45 MTU-sized frames.
+//! let len = tap.read(&mut buf)?;
+//! segment_read(&mut buf[..len], &mut scratch, |frame| {
+//!     // encapsulate `frame` (a complete Ethernet frame) and send it
+//! })?;
+//!
+//! // Tunnel to campus: frames from one batch of datagrams, merged, then
+//! // one write per super-frame (header included in `out`).
+//! let mut coalescer = Coalescer::new(8);
+//! let decrypted: Vec<Vec<u8>> = Vec::new();
+//! for frame in &decrypted {
+//!     coalescer.push(frame, |out| drop(tap.write(out)));
+//! }
+//! coalescer.flush(|out| drop(tap.write(out)));
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::VecDeque;
-use std::ffi::CStr;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -111,11 +140,21 @@ fn hint(err: &io::Error) -> &'static str {
         Some(libc::ENOENT) | Some(libc::ENODEV) => {
             " (is the tun module loaded? `modprobe tun`, and /dev/net/tun must exist)"
         }
-        Some(libc::EBUSY) => {
-            " (a device of that name exists with other flags: vnet header or multi-queue differ, or it is not a TAP)"
-        }
-        Some(libc::EINVAL) => " (the kernel rejected the request: a non-TAP device of that name may exist, or the value is out of range)",
         _ => "",
+    }
+}
+
+/// What `TUNSETIFF`'s errors mean (drivers/net/tun.c, `tun_set_iff`).
+fn create_hint(err: &io::Error) -> &'static str {
+    match err.raw_os_error() {
+        Some(libc::EINVAL) => {
+            " (a device of that name exists and is not a TAP, or was opened with a different number of queues: single versus multi-queue)"
+        }
+        Some(libc::EBUSY) => " (the single-queue TAP is already open, by this or another process)",
+        Some(libc::EPERM) | Some(libc::EACCES) => {
+            " (run as root or give CAP_NET_ADMIN; an existing TAP may also belong to another user)"
+        }
+        _ => hint(err),
     }
 }
 
@@ -202,11 +241,13 @@ impl IfReq {
     }
 
     fn name(&self) -> String {
-        // SAFETY: `name` is IFNAMSIZ bytes; the kernel NUL-terminates it and
-        // `new` leaves at least the last byte zero (names are checked to be
-        // at most IFNAMSIZ - 1 bytes).
-        let cstr = unsafe { CStr::from_ptr(self.name.as_ptr()) };
-        cstr.to_string_lossy().into_owned()
+        let bytes: Vec<u8> = self
+            .name
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
     }
 }
 
@@ -242,8 +283,11 @@ fn if_ioctl(request: libc::c_ulong, req: &mut IfReq) -> io::Result<()> {
 
 impl Tap {
     /// Creates the TAP device `name`, or attaches to it if it exists with the
-    /// same flags, and returns one `Tap` per queue. Sets the MTU if asked and
-    /// brings the device up.
+    /// same number of queues (one, or several), and returns one `Tap` per
+    /// queue. Sets the MTU if asked and brings the device up.
+    ///
+    /// Every opener of one device must use the same `vnet_hdr` and
+    /// `offloads`: the kernel applies the last opener's flags to all queues.
     ///
     /// Device configuration (MTU, up) happens in the calling thread's network
     /// namespace: to create a TAP inside a namespace, call this from a
@@ -340,7 +384,7 @@ impl Tap {
             unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF as _, &mut req as *mut IfReq) };
         cvt(ret).map_err(|source| TapError::Create {
             name: name.to_owned(),
-            hint: hint(&source),
+            hint: create_hint(&source),
             source,
         })?;
         let name = req.name();
@@ -599,10 +643,10 @@ impl FrameDevice for Tap {
             if hdr.gso_type != offload::GsoType::None {
                 rx.gso_reads += 1;
             }
-            let frame = &mut rx.buf[VIRTIO_NET_HDR_LEN..len];
             rx.scratch.resize(MAX_READ_LEN, 0);
             let segments = &mut rx.segments;
             let pending = &mut rx.pending;
+            let frame = &mut rx.buf[VIRTIO_NET_HDR_LEN..len];
             let result = offload::segment(&hdr, frame, &mut rx.scratch, |segment| {
                 let start = segments.len();
                 segments.extend_from_slice(segment);
