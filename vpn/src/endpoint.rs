@@ -36,7 +36,7 @@ use hinan_dataplane::bridge::{
     Bridge, BridgeConfig, BridgeEvent, FloodLimit, PortCounters, PortId, TunnelConfig, TunnelId,
 };
 use hinan_dataplane::mss::MssClamp;
-use hinan_dataplane::offload::{self, VirtioNetHdr, VirtioNetHdrRepr, VIRTIO_NET_HDR_LEN};
+use hinan_dataplane::offload::{self, Coalescer};
 use hinan_dataplane::tap::{Tap, TapOptions, MAX_READ_LEN};
 use serde::Serialize;
 
@@ -51,6 +51,8 @@ use crate::socket::{self, RecvBatch, SocketKind, TunnelSocket, MAX_GSO_SEGMENTS,
 pub const ROTATION_GRACE: Duration = Duration::from_secs(10);
 /// Timer period; boringtun's own device ticks every 250 ms.
 const TICK: Duration = Duration::from_millis(100);
+/// TCP flows merged at once on the way to the TAP.
+const COALESCE_FLOWS: usize = 8;
 /// WireGuard retries an unanswered handshake every 5 s (REKEY_TIMEOUT).
 /// While frames wait for a peer without a usable session, hinan retries
 /// every second instead, so a tunnel is back within about a second of the
@@ -856,12 +858,54 @@ fn emit_events(shared: &Shared, bridge: &mut Bridge) {
     }
 }
 
+/// Where frames for the campus segment go: straight to the TAP, or with
+/// offloads through a [`Coalescer`] that merges TCP segments into
+/// super-frames (flushed at the end of every batch).
+struct LocalOut {
+    coalescer: Option<Coalescer>,
+}
+
+impl LocalOut {
+    fn new(shared: &Shared) -> LocalOut {
+        LocalOut {
+            coalescer: shared.offload.then(|| Coalescer::new(COALESCE_FLOWS)),
+        }
+    }
+
+    fn send(&mut self, shared: &Shared, frame: &[u8]) {
+        match &mut self.coalescer {
+            Some(c) => c.push(frame, |bytes| write_tap_raw(shared, bytes)),
+            None => write_tap(shared, frame),
+        }
+    }
+
+    fn flush(&mut self, shared: &Shared) {
+        if let Some(c) = &mut self.coalescer {
+            c.flush(|bytes| write_tap_raw(shared, bytes));
+        }
+    }
+}
+
+/// Writes a virtio-net header and frame as they are.
+fn write_tap_raw(shared: &Shared, bytes: &[u8]) {
+    if let Err(e) = shared.taps[0].write(bytes) {
+        tracing::debug!(error = %e, "TAP write failed");
+    }
+}
+
 /// Forwards one frame received on `port` to wherever the bridge says.
-fn forward(shared: &Shared, table: &PeerTable, port: PortId, frame: &[u8], batch: &mut TxBatch) {
+fn forward(
+    shared: &Shared,
+    table: &PeerTable,
+    port: PortId,
+    frame: &[u8],
+    batch: &mut TxBatch,
+    local: &mut LocalOut,
+) {
     let forwards = lock(&shared.bridge).input(port, frame, now(shared));
     for fwd in &forwards {
         match fwd.port {
-            PortId::Local => write_tap(shared, &fwd.frame),
+            PortId::Local => local.send(shared, &fwd.frame),
             PortId::Tunnel(id) => {
                 if let Some(peer) = table.get(id) {
                     send_to_peer(shared, peer, &fwd.frame, batch);
@@ -882,6 +926,7 @@ fn tap_reader(shared: &Shared, queue: usize) {
     let mut buf = vec![0u8; MAX_READ_LEN];
     let mut scratch = vec![0u8; MAX_READ_LEN];
     let mut batch = TxBatch::new();
+    let mut local = LocalOut::new(shared);
     while !shared.stop.load(Ordering::Relaxed) {
         if !wait_readable(tap.as_raw_fd(), READ_TIMEOUT) {
             batch.flush(&shared.socket);
@@ -901,19 +946,14 @@ fn tap_reader(shared: &Shared, queue: usize) {
                 }
             };
             if shared.offload {
-                let (hdr, frame) = buf[..n].split_at_mut(VIRTIO_NET_HDR_LEN.min(n));
-                let result = VirtioNetHdr::new_checked(&*hdr)
-                    .and_then(|h| VirtioNetHdrRepr::parse(&h))
-                    .and_then(|hdr| {
-                        offload::segment(&hdr, frame, &mut scratch, |f| {
-                            forward(shared, &table, PortId::Local, f, &mut batch)
-                        })
-                    });
+                let result = offload::segment_read(&mut buf[..n], &mut scratch, |f| {
+                    forward(shared, &table, PortId::Local, f, &mut batch, &mut local)
+                });
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "TAP frame dropped");
                 }
             } else {
-                forward(shared, &table, PortId::Local, &buf[..n], &mut batch);
+                forward(shared, &table, PortId::Local, &buf[..n], &mut batch, &mut local);
             }
         }
         batch.flush(&shared.socket);
@@ -935,6 +975,7 @@ fn net_reader(shared: &Shared) {
     let mut recv = RecvBatch::new(32, RECV_BUF_LEN);
     let mut out = vec![0u8; DATAGRAM_MAX];
     let mut batch = TxBatch::new();
+    let mut local = LocalOut::new(shared);
     while !shared.stop.load(Ordering::Relaxed) {
         match recv.recv(&shared.socket) {
             Ok(0) => continue,
@@ -967,7 +1008,7 @@ fn net_reader(shared: &Shared) {
                                 frame.len(),
                             );
                             peer.roam(SocketAddr::new(src, 0));
-                            forward(shared, &table, PortId::Tunnel(peer.id), frame, &mut batch);
+                            forward(shared, &table, PortId::Tunnel(peer.id), frame, &mut batch, &mut local);
                         }
                         Err(_) => {
                             peer.counters.rx_errors.fetch_add(1, Ordering::Relaxed);
@@ -976,11 +1017,12 @@ fn net_reader(shared: &Shared) {
                 }
                 SocketKind::Udp => {
                     for datagram in socket::datagrams(msg, r.segment) {
-                        wg_datagram(shared, &table, r.from, datagram, &mut out, &mut batch);
+                        wg_datagram(shared, &table, r.from, datagram, &mut out, &mut batch, &mut local);
                     }
                 }
             }
         }
+        local.flush(shared);
         batch.flush(&shared.socket);
     }
 }
@@ -1035,6 +1077,7 @@ fn wg_datagram(
     datagram: &[u8],
     out: &mut [u8],
     batch: &mut TxBatch,
+    local: &mut LocalOut,
 ) {
     let Some((peer, generation)) = wg_route(shared, table, datagram) else {
         shared.unknown_source.fetch_add(1, Ordering::Relaxed);
@@ -1056,7 +1099,7 @@ fn wg_datagram(
                 frame.len(),
             );
             peer.roam(from);
-            forward(shared, table, PortId::Tunnel(peer.id), frame, batch);
+            forward(shared, table, PortId::Tunnel(peer.id), frame, batch, local);
             if !had_session {
                 // The initiator's first data: a responder's queue may leave.
                 flush_queued(shared, &mut lock(wg), generation, datagram, out, from);
