@@ -953,7 +953,14 @@ fn tap_reader(shared: &Shared, queue: usize) {
                     tracing::debug!(error = %e, "TAP frame dropped");
                 }
             } else {
-                forward(shared, &table, PortId::Local, &buf[..n], &mut batch, &mut local);
+                forward(
+                    shared,
+                    &table,
+                    PortId::Local,
+                    &buf[..n],
+                    &mut batch,
+                    &mut local,
+                );
             }
         }
         batch.flush(&shared.socket);
@@ -1008,7 +1015,14 @@ fn net_reader(shared: &Shared) {
                                 frame.len(),
                             );
                             peer.roam(SocketAddr::new(src, 0));
-                            forward(shared, &table, PortId::Tunnel(peer.id), frame, &mut batch, &mut local);
+                            forward(
+                                shared,
+                                &table,
+                                PortId::Tunnel(peer.id),
+                                frame,
+                                &mut batch,
+                                &mut local,
+                            );
                         }
                         Err(_) => {
                             peer.counters.rx_errors.fetch_add(1, Ordering::Relaxed);
@@ -1017,7 +1031,9 @@ fn net_reader(shared: &Shared) {
                 }
                 SocketKind::Udp => {
                     for datagram in socket::datagrams(msg, r.segment) {
-                        wg_datagram(shared, &table, r.from, datagram, &mut out, &mut batch, &mut local);
+                        wg_datagram(
+                            shared, &table, r.from, datagram, &mut out, &mut batch, &mut local,
+                        );
                     }
                 }
             }

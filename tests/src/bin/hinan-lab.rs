@@ -284,7 +284,7 @@ fn watch(probe: &Probe, seconds: u64, label: &str) -> Result<()> {
 fn demo(probe_json: Option<std::path::PathBuf>) -> Result<()> {
     hinan_lab::interrupt::install();
     println!("hinan demo: two campuses, one LMS guest, a live migration under a client probe\n");
-    println!("step 1: building campus A and campus B (namespaces, Open vSwitch, libvirtd each)…");
+    println!("step 1: building campus A and campus B (namespaces, Open vSwitch, libvirtd, hinan's L2 VPN each)…");
     let t = Instant::now();
     let mut lab = Lab::up(&LabSpec::default())?;
     println!("  done in {:.1} s", t.elapsed().as_secs_f64());
@@ -343,6 +343,29 @@ fn demo(probe_json: Option<std::path::PathBuf>) -> Result<()> {
         "  longest outage: {:.0} ms, failed requests: {}",
         report.longest_outage_ms, report.failed
     );
+    for site in lab.vpn_sites() {
+        let status = hinan_lab::vpn::status(&site)?;
+        let peer = &status["peers"][0];
+        println!(
+            "  hinan vpn at {}: {} frames out to {}, {} in; last handshake {:.1} s ago",
+            site.name,
+            peer["tx_packets"],
+            peer["name"].as_str().unwrap_or("?"),
+            peer["rx_packets"],
+            peer["last_handshake_secs"].as_f64().unwrap_or(f64::NAN)
+        );
+        for event in status["recent_events"].as_array().into_iter().flatten() {
+            if event[1]["mac"] == vm.mac.as_str() {
+                println!(
+                    "    MAC {} moved from {} to {} (the guest, {:.1} s after the VPN started)",
+                    vm.mac,
+                    event[1]["from"].as_str().unwrap_or("?"),
+                    event[1]["to"].as_str().unwrap_or("?"),
+                    event[0].as_f64().unwrap_or(f64::NAN)
+                );
+            }
+        }
+    }
     if let Some(path) = probe_json {
         std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
         println!("  full probe report: {}", path.display());
