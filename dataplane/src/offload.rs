@@ -1197,6 +1197,36 @@ mod tests {
     }
 
     #[test]
+    fn a_udp_checksum_that_computes_to_zero_is_sent_as_all_ones() {
+        let mut f = Vec::new();
+        f.extend_from_slice(&MAC_B);
+        f.extend_from_slice(&MAC_A);
+        f.extend_from_slice(&[0x08, 0x00]);
+        f.extend_from_slice(&[0x45, 0, 0, 32, 0, 1, 0x40, 0, 64, 17, 0, 0]);
+        f.extend_from_slice(&[192, 0, 2, 1, 192, 0, 2, 2]);
+        // UDP 5000 -> 53, length 12, checksum field = pseudo-header sum.
+        f.extend_from_slice(&[0x13, 0x88, 0, 53, 0, 12]);
+        let pseudo = [&f[26..34], &[0, 17, 0, 12][..]].concat();
+        f.extend_from_slice(&(!rfc1071(&[&pseudo])).to_be_bytes());
+        f.extend_from_slice(&[0xab, 0xcd, 0, 0]);
+        // Choose the last word so that the whole sum folds to 0xffff.
+        let rest = !rfc1071(&[&f[34..]]);
+        let last = 0xffff - rest;
+        let at = f.len() - 2;
+        f[at..].copy_from_slice(&last.to_be_bytes());
+        let hdr = VirtioNetHdrRepr {
+            flags: HdrFlags::NEEDS_CSUM,
+            csum_start: 34,
+            csum_offset: 6,
+            ..VirtioNetHdrRepr::PLAIN
+        };
+        let out = split(&hdr, &f).unwrap();
+        assert_eq!(out[0][40..42], [0xff, 0xff]);
+        // All ones is also a correct checksum: the sum with it folds to zero.
+        assert_eq!(rfc1071(&[&pseudo, &out[0][34..]]), 0);
+    }
+
+    #[test]
     fn malformed_super_frames_are_errors_not_panics() {
         let spec = V4;
         let sup = tcp_frame(spec, &payload(3000), true);
