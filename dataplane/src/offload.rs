@@ -980,6 +980,8 @@ mod tests {
         seq: u32,
         flags: u8,
         ipv4_id: u16,
+        /// Four bytes of IPv4 options (NOP, NOP, NOP, end of list).
+        ip_options: bool,
     }
 
     const V4: Spec = Spec {
@@ -989,6 +991,7 @@ mod tests {
         seq: 0xffff_f000,
         flags: tcp_flag::ACK,
         ipv4_id: 0xfffe,
+        ip_options: false,
     };
 
     /// Ethernet (+ VLAN) + IP + TCP with timestamps + `payload`, checksums
@@ -1022,10 +1025,12 @@ mod tests {
         } else {
             f.extend_from_slice(&[0x08, 0x00]);
             let l3 = f.len();
-            f.extend_from_slice(&[0x45, 0]);
-            f.extend_from_slice(&((20 + tcp_len) as u16).to_be_bytes());
+            let options: &[u8] = if spec.ip_options { &[1, 1, 1, 0] } else { &[] };
+            f.extend_from_slice(&[0x45 + options.len() as u8 / 4, 0]);
+            f.extend_from_slice(&((20 + options.len() + tcp_len) as u16).to_be_bytes());
             f.extend_from_slice(&spec.ipv4_id.to_be_bytes());
             f.extend_from_slice(&[0x40, 0, 64, 6, 0, 0, 192, 0, 2, 1, 192, 0, 2, 2]);
+            f.extend_from_slice(options);
             let c = rfc1071(&[&f[l3..]]);
             f[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
             [
@@ -1057,7 +1062,12 @@ mod tests {
     }
 
     fn gso_hdr(spec: Spec, gso_size: u16) -> VirtioNetHdrRepr {
-        let l4 = 14 + if spec.vlan { 4 } else { 0 } + if spec.v6 { 40 } else { 20 };
+        let l3 = 14 + if spec.vlan { 4 } else { 0 };
+        let l4 = l3
+            + match (spec.v6, spec.ip_options) {
+                (true, _) => 40,
+                (false, options) => 20 + 4 * usize::from(options),
+            };
         VirtioNetHdrRepr {
             flags: HdrFlags::NEEDS_CSUM,
             gso_type: if spec.v6 {
@@ -1182,6 +1192,25 @@ mod tests {
     }
 
     #[test]
+    fn ipv4_options_are_copied_into_every_segment_but_never_coalesced() {
+        let spec = Spec {
+            ip_options: true,
+            ..V4
+        };
+        let segs = split(&gso_hdr(spec, 1000), &tcp_frame(spec, &payload(2500), true)).unwrap();
+        assert_eq!(segs.len(), 3);
+        for seg in &segs {
+            let l = assert_valid(seg);
+            assert_eq!(l.l4 - l.l3, 24);
+            assert_eq!(seg[l.l3 + 20..l.l4], [1, 1, 1, 0]);
+        }
+        let (out, stats) = coalesce(&segs, 4);
+        assert_eq!(stats.super_frames_out, 0);
+        let plain: Vec<&[u8]> = out.iter().map(|o| &o[VIRTIO_NET_HDR_LEN..]).collect();
+        assert_eq!(plain, segs.iter().map(|s| &s[..]).collect::<Vec<_>>());
+    }
+
+    #[test]
     fn completes_a_partial_checksum_in_place() {
         let spec = V4;
         let frame = tcp_frame(spec, &payload(100), true);
@@ -1194,6 +1223,36 @@ mod tests {
         assert_eq!(segs.len(), 1);
         assert_valid(&segs[0]);
         assert_eq!(segs[0], tcp_frame(spec, &payload(100), false));
+    }
+
+    #[test]
+    fn a_udp_checksum_that_computes_to_zero_is_sent_as_all_ones() {
+        let mut f = Vec::new();
+        f.extend_from_slice(&MAC_B);
+        f.extend_from_slice(&MAC_A);
+        f.extend_from_slice(&[0x08, 0x00]);
+        f.extend_from_slice(&[0x45, 0, 0, 32, 0, 1, 0x40, 0, 64, 17, 0, 0]);
+        f.extend_from_slice(&[192, 0, 2, 1, 192, 0, 2, 2]);
+        // UDP 5000 -> 53, length 12, checksum field = pseudo-header sum.
+        f.extend_from_slice(&[0x13, 0x88, 0, 53, 0, 12]);
+        let pseudo = [&f[26..34], &[0, 17, 0, 12][..]].concat();
+        f.extend_from_slice(&(!rfc1071(&[&pseudo])).to_be_bytes());
+        f.extend_from_slice(&[0xab, 0xcd, 0, 0]);
+        // Choose the last word so that the whole sum folds to 0xffff.
+        let rest = !rfc1071(&[&f[34..]]);
+        let last = 0xffff - rest;
+        let at = f.len() - 2;
+        f[at..].copy_from_slice(&last.to_be_bytes());
+        let hdr = VirtioNetHdrRepr {
+            flags: HdrFlags::NEEDS_CSUM,
+            csum_start: 34,
+            csum_offset: 6,
+            ..VirtioNetHdrRepr::PLAIN
+        };
+        let out = split(&hdr, &f).unwrap();
+        assert_eq!(out[0][40..42], [0xff, 0xff]);
+        // All ones is also a correct checksum: the sum with it folds to zero.
+        assert_eq!(rfc1071(&[&pseudo, &out[0][34..]]), 0);
     }
 
     #[test]
