@@ -688,12 +688,18 @@ fn rotate(new: &Settings, old_settings: &Settings, state: &PeerState, peer: &Pee
 }
 
 /// Outgoing datagrams gathered for one `sendmsg` (UDP GSO).
+///
+/// On UDP a batch is a GSO run: datagrams of one size (the last may be
+/// shorter) to one peer. On a raw socket it is any datagrams to one peer,
+/// sent with one `sendmmsg`.
 struct TxBatch {
     buf: Vec<u8>,
     len: usize,
     segment: usize,
     count: usize,
     to: Option<SocketAddr>,
+    /// Each datagram's length, for `sendmmsg`.
+    lens: Vec<usize>,
 }
 
 impl TxBatch {
@@ -704,15 +710,21 @@ impl TxBatch {
             segment: 0,
             count: 0,
             to: None,
+            lens: Vec::with_capacity(MAX_GSO_SEGMENTS),
         }
     }
 
     fn flush(&mut self, socket: &TunnelSocket) {
         if let Some(to) = self.to.take() {
-            if let Err(e) = socket.send_batch(&self.buf[..self.len], self.segment, to) {
+            let result = match socket.kind() {
+                SocketKind::Udp => socket.send_batch(&self.buf[..self.len], self.segment, to),
+                SocketKind::Raw => socket.send_many(&self.buf[..self.len], &self.lens, to),
+            };
+            if let Err(e) = result {
                 tracing::debug!(%to, error = %e, "tunnel send failed");
             }
         }
+        self.lens.clear();
         self.len = 0;
         self.count = 0;
         self.segment = 0;
@@ -732,6 +744,13 @@ impl TxBatch {
 
     /// Records a datagram of `len` bytes written at the start of the room.
     fn commit(&mut self, socket: &TunnelSocket, to: SocketAddr, len: usize) {
+        if socket.kind() == SocketKind::Raw {
+            self.to = Some(to);
+            self.len += len;
+            self.count += 1;
+            self.lens.push(len);
+            return;
+        }
         if self.count > 0 && len > self.segment {
             // Longer than the run so far: it cannot ride along. Move it out.
             let start = self.len;
@@ -757,13 +776,15 @@ fn send_to_peer(shared: &Shared, peer: &PeerState, frame: &[u8], batch: &mut TxB
     match &peer.wg {
         None => {
             let Some(to) = peer.endpoint() else { return };
-            match shared.socket.send_to(&[&etherip::RFC_HEADER, frame], to) {
-                Ok(()) => Counters::add(
-                    (&peer.counters.tx_packets, &peer.counters.tx_bytes),
-                    frame.len(),
-                ),
-                Err(e) => tracing::debug!(%to, error = %e, "raw send failed"),
-            }
+            let len = etherip::HEADER_LEN + frame.len();
+            let room = batch.room(&shared.socket, to, len);
+            room[..etherip::HEADER_LEN].copy_from_slice(&etherip::RFC_HEADER);
+            room[etherip::HEADER_LEN..].copy_from_slice(frame);
+            batch.commit(&shared.socket, to, len);
+            Counters::add(
+                (&peer.counters.tx_packets, &peer.counters.tx_bytes),
+                frame.len(),
+            );
         }
         Some(wg) => {
             let endpoint = peer.endpoint();
