@@ -209,6 +209,55 @@ fn key_rotation_on_reload_keeps_the_tunnel_up() {
         || Ok((vpn::status(&a)?["peers"][0]["rotating"] == false).then_some(())),
     )
     .unwrap();
+
+    // A second rotation in which A changes its key twice before B hears of
+    // either: the session still in use must survive the intermediate key.
+    let pinger = {
+        let ns = a.ns.clone();
+        std::thread::spawn(move || {
+            hinan_lab::wan::ping(&ns, "10.99.0.2", 150, Duration::from_millis(20))
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let middle = vpn::keypair().unwrap();
+    set_line(&a, "private_key", &middle.private);
+    hup(&recs[0]);
+    std::thread::sleep(Duration::from_millis(500));
+    let last = vpn::keypair().unwrap();
+    set_line(&a, "private_key", &last.private);
+    hup(&recs[0]);
+    std::thread::sleep(Duration::from_millis(500));
+    set_line(&b, "public_key", &last.public);
+    hup(&recs[1]);
+    let stats = pinger.join().unwrap().unwrap();
+    eprintln!(
+        "double rotation: {} of {} pings lost",
+        stats.sent - stats.received,
+        stats.sent
+    );
+    assert!(
+        stats.sent - stats.received <= 4,
+        "the double rotation dropped the tunnel: {} of {} pings lost",
+        stats.sent - stats.received,
+        stats.sent
+    );
+    sys::wait_for(
+        "the second rotation to complete",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || {
+            let sa = vpn::status(&a)?;
+            Ok(
+                (sa["peers"][0]["rotating"] == false && sa["public_key"] == last.public.as_str())
+                    .then_some(()),
+            )
+        },
+    )
+    .unwrap();
+    assert!(
+        ping_once(&a.ns, "10.99.0.2", "1"),
+        "no ping after the second rotation"
+    );
     let problems = lab.teardown();
     assert!(problems.is_empty(), "{problems:?}");
 }

@@ -471,6 +471,37 @@ impl VpnConfig {
         if peers.len() > usize::from(u16::MAX) {
             return Err(invalid("too many peers"));
         }
+        for (i, p) in peers.iter().enumerate() {
+            if let Some(c) = p
+                .allowed_sources
+                .iter()
+                .find(|c| c.addr.is_ipv4() != local.is_ipv4())
+            {
+                return Err(invalid(format!(
+                    "peer '{}': allowed_sources entry {}/{} is not the IP version of local {}",
+                    p.name, c.addr, c.prefix, local
+                )));
+            }
+            for q in &peers[..i] {
+                if !wg && p.endpoint.is_some() && p.endpoint == q.endpoint {
+                    return Err(invalid(format!(
+                        "peers '{}' and '{}' have the same endpoint; raw EtherIP tells peers apart by address",
+                        q.name, p.name
+                    )));
+                }
+                let overlap = p.allowed_sources.iter().find(|a| {
+                    q.allowed_sources
+                        .iter()
+                        .any(|b| a.contains(b.addr) || b.contains(a.addr))
+                });
+                if let Some(a) = overlap {
+                    return Err(invalid(format!(
+                        "peers '{}' and '{}' have overlapping allowed_sources ({}/{}): a packet must belong to one peer",
+                        q.name, p.name, a.addr, a.prefix
+                    )));
+                }
+            }
+        }
         let mut seen_keys = BTreeSet::new();
         for p in &peers {
             if let Some(k) = p.public_key {
@@ -673,6 +704,9 @@ mod tests {
             ("[vpn]\ntap = \"hv0\"\ntransport = \"raw\"\nlocal = \"198.18.1.2\"\n[[vpn.peer]]\nname = \"b\"\nendpoint = \"198.18.2.2\"\n[[vpn.peer]]\nname = \"b\"\nendpoint = \"198.18.3.2\"\n", "configured twice"),
             ("[vpn]\ntap = \"hv0\"\ntransport = \"raw\"\nlocal = \"198.18.1.2\"\n[[vpn.peer]]\nname = \"b\"\nendpoint = \"198.18.2.2\"\nallowed_sources = [\"10.0.0.0/33\"]\n", "prefix length"),
             ("[vpn]\ntap = \"hv0\"\ntransport = \"wireguard\"\nlocal = \"198.18.1.2\"\nprivate_key = \"abc\"\ntunnel_local = \"10.255.0.1\"\n", "private_key: not base64"),
+            ("[vpn]\ntap = \"hv0\"\ntransport = \"raw\"\nlocal = \"198.18.1.2\"\n[[vpn.peer]]\nname = \"b\"\nendpoint = \"198.18.2.2\"\n[[vpn.peer]]\nname = \"c\"\nendpoint = \"198.18.2.2\"\n", "same endpoint"),
+            ("[vpn]\ntap = \"hv0\"\ntransport = \"raw\"\nlocal = \"198.18.1.2\"\n[[vpn.peer]]\nname = \"b\"\nendpoint = \"198.18.2.2\"\nallowed_sources = [\"198.18.0.0/16\"]\n[[vpn.peer]]\nname = \"c\"\nendpoint = \"198.18.3.2\"\n", "overlapping allowed_sources"),
+            ("[vpn]\ntap = \"hv0\"\ntransport = \"raw\"\nlocal = \"198.18.1.2\"\n[[vpn.peer]]\nname = \"b\"\nendpoint = \"198.18.2.2\"\nallowed_sources = [\"2001:db8::/32\"]\n", "not the IP version"),
         ];
         for (text, want) in cases {
             let err = parse(text).expect_err(text).to_string();

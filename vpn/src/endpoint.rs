@@ -31,7 +31,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use boringtun::noise::handshake::parse_handshake_anon;
-use boringtun::noise::{Packet, Tunn};
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::Packet;
 use hinan_dataplane::bridge::{
     Bridge, BridgeConfig, BridgeEvent, FloodLimit, PortCounters, PortId, TunnelConfig, TunnelId,
 };
@@ -53,11 +54,17 @@ pub const ROTATION_GRACE: Duration = Duration::from_secs(10);
 const TICK: Duration = Duration::from_millis(100);
 /// TCP flows merged at once on the way to the TAP.
 const COALESCE_FLOWS: usize = 8;
+/// Handshakes per second before cookies are required, for all peers
+/// together (boringtun's device uses 100).
+const HANDSHAKE_RATE_LIMIT: u64 = 100;
 /// WireGuard retries an unanswered handshake every 5 s (REKEY_TIMEOUT).
 /// While frames wait for a peer without a usable session, hinan retries
 /// every second instead, so a tunnel is back within about a second of the
 /// path returning (a session younger than 180 s needs no handshake at all).
 const HANDSHAKE_RETRY: Duration = Duration::from_secs(1);
+/// How often the new session of an unfinished key rotation re-sends its
+/// handshake initiation.
+const ROTATION_RETRY: Duration = Duration::from_secs(3);
 /// WireGuard's REJECT_AFTER_TIME: a session older than this carries nothing.
 const SESSION_LIFETIME: Duration = Duration::from_secs(180);
 /// How long blocking reads wait before checking for shutdown.
@@ -201,6 +208,8 @@ struct Previous {
     superseded: Option<Instant>,
     /// The local key the previous session used, if it differs.
     local_key: Option<StaticSecret>,
+    /// The peer key the previous session was made for.
+    peer_public: Option<[u8; 32]>,
 }
 
 impl WgState {
@@ -288,12 +297,6 @@ impl PeerTable {
                 })
             })
     }
-
-    fn by_public_key(&self, key: &[u8; 32]) -> Option<&Arc<PeerState>> {
-        self.by_id
-            .values()
-            .find(|p| read(&p.config).public_key.as_ref() == Some(key))
-    }
 }
 
 /// The local WireGuard keys: current, and the one before a rotation.
@@ -309,6 +312,8 @@ struct Shared {
     bridge: Mutex<Bridge>,
     peers: RwLock<Arc<PeerTable>>,
     keys: RwLock<LocalKeys>,
+    /// Checks mac1 (and cookies under load) of handshakes before routing.
+    limiter: RwLock<Arc<RateLimiter>>,
     start: Instant,
     stop: AtomicBool,
     unknown_source: AtomicU64,
@@ -456,6 +461,12 @@ impl Endpoint {
                 .map(|s| (s.clone(), PublicKey::from(&s))),
             previous: None,
         };
+        // Raw EtherIP has no keys; its limiter is never asked.
+        let limiter_key = keys
+            .current
+            .as_ref()
+            .map(|(_, p)| *p)
+            .unwrap_or_else(|| PublicKey::from([0u8; 32]));
         let compat = if settings.accept_reversed_header {
             Compat::ReversedNibble
         } else {
@@ -474,6 +485,10 @@ impl Endpoint {
             bridge: Mutex::new(bridge),
             peers: RwLock::new(Arc::new(table)),
             keys: RwLock::new(keys),
+            limiter: RwLock::new(Arc::new(RateLimiter::new(
+                &limiter_key,
+                HANDSHAKE_RATE_LIMIT,
+            ))),
             start: Instant::now(),
             stop: AtomicBool::new(false),
             unknown_source: AtomicU64::new(0),
@@ -529,21 +544,64 @@ impl Endpoint {
                 "the transport or the local address",
             ));
         }
+        if new.hub != settings.hub
+            || new.mac_age != settings.mac_age
+            || new.flood != settings.flood
+            || new.mss_clamp != settings.mss_clamp
+            || new.mtu != settings.mtu
+            || new.accept_reversed_header != settings.accept_reversed_header
+        {
+            return Err(EndpointError::NeedsRestart(
+                "the bridge (hub, mac_age_secs, flood_rate, flood_burst, mss_clamp, path_mtu, mtu, accept_reversed_header)",
+            ));
+        }
+        let old_table = read(&shared.peers).clone();
+        // Every check before any change: a refused reload changes nothing.
+        let added = new
+            .peers
+            .iter()
+            .filter(|p| old_table.by_name(&p.name).is_none())
+            .count();
+        let first_free = old_table
+            .by_id
+            .keys()
+            .next_back()
+            .map_or(0, |id| usize::from(id.0) + 1);
+        if first_free + added > usize::from(u16::MAX) {
+            return Err(EndpointError::NeedsRestart(
+                "the peer numbering (too many peers added since start)",
+            ));
+        }
+        let mut next_id = first_free as u16;
         let mut changes = Vec::new();
         let key_changed =
             new.private_key != settings.private_key || new.tunnel_local != settings.tunnel_local;
         if new.private_key != settings.private_key {
+            let rotating = old_table.by_id.values().any(|p| {
+                p.wg.as_ref().is_some_and(|wg| {
+                    lock(wg)
+                        .previous
+                        .as_ref()
+                        .is_some_and(|pr| pr.superseded.is_none())
+                })
+            });
             let mut keys = write(&shared.keys);
-            keys.previous = keys.current.take();
+            // During an unfinished rotation the key still in use stays
+            // "previous"; the intermediate one was never used.
+            let current = keys.current.take();
+            if !rotating || keys.previous.is_none() {
+                keys.previous = current;
+            }
             keys.current = new
                 .static_secret()
                 .map(|s| (s.clone(), PublicKey::from(&s)));
+            if let Some((_, public)) = &keys.current {
+                *write(&shared.limiter) = Arc::new(RateLimiter::new(public, HANDSHAKE_RATE_LIMIT));
+            }
             changes.push("local private key rotated".to_owned());
         }
-        let old_table = read(&shared.peers).clone();
         let mut table = PeerTable::default();
         let mut bridge = lock(&shared.bridge);
-        let mut next_id = old_table.by_id.keys().next_back().map_or(0, |id| id.0 + 1);
         for peer in &new.peers {
             match old_table.by_name(&peer.name) {
                 Some(state) => {
@@ -553,7 +611,7 @@ impl Endpoint {
                         || old.tunnel_address != peer.tunnel_address
                         || old.persistent_keepalive != peer.persistent_keepalive;
                     if (key_changed || peer_keys_changed) && state.wg.is_some() {
-                        rotate(&new, &settings, state, peer);
+                        rotate(&new, &settings, state, peer, &old);
                         changes.push(format!("peer '{}': new session (keys changed)", peer.name));
                     }
                     if old.endpoint != peer.endpoint {
@@ -570,7 +628,7 @@ impl Endpoint {
                 }
                 None => {
                     let id = TunnelId(next_id);
-                    next_id = next_id.wrapping_add(1);
+                    next_id += 1;
                     bridge.add_tunnel(tunnel_config(&new, id))?;
                     table.by_id.insert(id, Arc::new(peer_state(&new, peer, id)));
                     changes.push(format!("peer '{}' added", peer.name));
@@ -664,8 +722,16 @@ impl Drop for Endpoint {
     }
 }
 
-/// Gives a peer a new session after a key change, keeping the old one.
-fn rotate(new: &Settings, old_settings: &Settings, state: &PeerState, peer: &Peer) {
+/// Gives a peer a new session after a key change, keeping the old one. If a
+/// rotation is still under way (the new session never came up), the old
+/// session that works stays "previous" and only the new one is replaced.
+fn rotate(
+    new: &Settings,
+    old_settings: &Settings,
+    state: &PeerState,
+    peer: &Peer,
+    old_peer: &Peer,
+) {
     let Some(wg) = &state.wg else { return };
     let mut wg = lock(wg);
     let generation = wg.generation.wrapping_add(1);
@@ -675,6 +741,13 @@ fn rotate(new: &Settings, old_settings: &Settings, state: &PeerState, peer: &Pee
     let old_generation = wg.generation;
     std::mem::swap(&mut wg.current, &mut session);
     wg.generation = generation;
+    wg.kick = true;
+    wg.last_forced_handshake = None;
+    let unfinished = wg.previous.as_ref().is_some_and(|p| p.superseded.is_none());
+    if unfinished {
+        // `session` (the replaced new one) never carried anything.
+        return;
+    }
     let local_key = (new.private_key != old_settings.private_key)
         .then(|| old_settings.static_secret())
         .flatten();
@@ -683,8 +756,8 @@ fn rotate(new: &Settings, old_settings: &Settings, state: &PeerState, peer: &Pee
         generation: old_generation,
         superseded: None,
         local_key,
+        peer_public: old_peer.public_key,
     });
-    wg.kick = true;
 }
 
 /// Outgoing datagrams gathered for one `sendmsg` (UDP GSO).
@@ -1065,8 +1138,25 @@ fn net_reader(shared: &Shared) {
 }
 
 /// Finds the peer and session a WireGuard message belongs to.
-fn wg_route(shared: &Shared, table: &PeerTable, datagram: &[u8]) -> Option<(Arc<PeerState>, u8)> {
-    match Tunn::parse_incoming_packet(datagram).ok()? {
+fn wg_route(
+    shared: &Shared,
+    table: &PeerTable,
+    from: SocketAddr,
+    datagram: &[u8],
+    out: &mut [u8],
+) -> Option<(Arc<PeerState>, u8)> {
+    // mac1 and, under load, the cookie are checked before any expensive
+    // key agreement, as boringtun's own device does.
+    let limiter = read(&shared.limiter).clone();
+    let packet = match limiter.verify_packet(Some(from.ip()), datagram, out) {
+        Ok(packet) => packet,
+        Err(boringtun::noise::TunnResult::WriteToNetwork(cookie)) => {
+            let _ = shared.socket.send_to(&[cookie], from);
+            return None;
+        }
+        Err(_) => return None,
+    };
+    match packet {
         Packet::HandshakeInit(init) => {
             let keys = read(&shared.keys);
             for (i, key) in [keys.current.as_ref(), keys.previous.as_ref()]
@@ -1076,21 +1166,37 @@ fn wg_route(shared: &Shared, table: &PeerTable, datagram: &[u8]) -> Option<(Arc<
                 let Some((secret, public)) = key else {
                     continue;
                 };
-                if let Ok(half) = parse_handshake_anon(secret, public, &init) {
-                    let peer = table.by_public_key(&half.peer_static_public)?;
-                    let wg = lock(peer.wg.as_ref()?);
-                    // The current session answers with the current key; a
-                    // previous session that used the old key answers with it.
-                    let generation = if i == 0 {
-                        wg.generation
-                    } else {
-                        wg.previous
-                            .as_ref()
-                            .filter(|p| p.local_key.is_some())?
-                            .generation
+                let Ok(half) = parse_handshake_anon(secret, public, &init) else {
+                    continue;
+                };
+                let key = half.peer_static_public;
+                // A peer by its configured key, or by the key its previous
+                // session (of a rotation under way) was made for.
+                for peer in table.by_id.values() {
+                    let Some(wg) = &peer.wg else { continue };
+                    let wg = lock(wg);
+                    let current_key = read(&peer.config).public_key == Some(key);
+                    let previous = wg.previous.as_ref().filter(|p| p.superseded.is_none());
+                    let generation = match (i, previous) {
+                        // Our current key: the current session if the peer
+                        // uses its configured key, else a previous session
+                        // made for the key it still uses.
+                        (0, _) if current_key => Some(wg.generation),
+                        (0, Some(p)) if p.peer_public == Some(key) && p.local_key.is_none() => {
+                            Some(p.generation)
+                        }
+                        // Our previous key: only a previous session made with it.
+                        (1, Some(p))
+                            if p.local_key.is_some()
+                                && (p.peer_public == Some(key) || current_key) =>
+                        {
+                            Some(p.generation)
+                        }
+                        _ => None,
                     };
-                    drop(wg);
-                    return Some((peer.clone(), generation));
+                    if let Some(generation) = generation {
+                        return Some((peer.clone(), generation));
+                    }
                 }
             }
             None
@@ -1107,6 +1213,12 @@ fn route_index(table: &PeerTable, receiver: u32) -> Option<(Arc<PeerState>, u8)>
     Some((table.get(id)?.clone(), (index & 0xff) as u8))
 }
 
+/// WireGuard message types.
+const MSG_INIT: u8 = 1;
+const MSG_RESPONSE: u8 = 2;
+const MSG_COOKIE: u8 = 3;
+const MSG_DATA: u8 = 4;
+
 fn wg_datagram(
     shared: &Shared,
     table: &PeerTable,
@@ -1116,11 +1228,17 @@ fn wg_datagram(
     batch: &mut TxBatch,
     local: &mut LocalOut,
 ) {
-    let Some((peer, generation)) = wg_route(shared, table, datagram) else {
+    let Some((peer, generation)) = wg_route(shared, table, from, datagram, out) else {
         shared.unknown_source.fetch_add(1, Ordering::Relaxed);
         return;
     };
     let Some(wg) = &peer.wg else { return };
+    if !read(&peer.config).accepts_source(from.ip()) {
+        // Outside the peer's allowed_sources: not taken, whatever it holds.
+        peer.counters.rx_errors.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let kind = datagram[0];
     let mut guard = lock(wg);
     let Some(session) = guard.session_for(generation) else {
         peer.counters.rx_errors.fetch_add(1, Ordering::Relaxed);
@@ -1143,20 +1261,44 @@ fn wg_datagram(
             }
         }
         Action::SendToPeer(reply) => {
+            // Only an authenticated handshake moves the endpoint, never a
+            // cookie reply (sent after checking just the public mac1).
+            let authenticated =
+                matches!(kind, MSG_INIT | MSG_RESPONSE) && reply.first() != Some(&MSG_COOKIE);
             let _ = shared.socket.send_to(&[reply], from);
             flush_queued(shared, &mut guard, generation, datagram, out, from);
             guard.note_current_up();
             drop(guard);
-            peer.roam(from);
+            if authenticated {
+                peer.roam(from);
+            }
         }
         Action::Nothing => {
-            // A keepalive, or a cookie reply.
+            // A keepalive (authenticated data), or a cookie reply (not).
             flush_queued(shared, &mut guard, generation, datagram, out, from);
             guard.note_current_up();
             drop(guard);
-            peer.roam(from);
+            if kind == MSG_DATA {
+                peer.roam(from);
+            }
         }
         Action::Error(e) => {
+            // An initiation from a peer not yet reconfigured may belong to
+            // the previous session of a rotation.
+            let retried = kind == MSG_INIT
+                && guard
+                    .previous
+                    .as_ref()
+                    .is_some_and(|p| p.generation != generation && p.superseded.is_none());
+            if retried {
+                let previous = guard.previous.as_mut().expect("checked");
+                if let Action::SendToPeer(reply) =
+                    previous.session.decapsulate(from.ip(), datagram, out)
+                {
+                    let _ = shared.socket.send_to(&[reply], from);
+                    return;
+                }
+            }
             peer.counters.rx_errors.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(peer = %read(&peer.config).name, error = %e, "tunnel packet rejected");
         }
@@ -1211,6 +1353,7 @@ fn timers(shared: &Shared) {
             let mut bridge = lock(&shared.bridge);
             emit_events(shared, &mut bridge);
         }
+        read(&shared.limiter).reset_count();
         let table = read(&shared.peers).clone();
         for peer in table.by_id.values() {
             let Some(wg) = &peer.wg else { continue };
@@ -1236,6 +1379,20 @@ fn timers(shared: &Shared) {
             let due = wg
                 .last_forced_handshake
                 .is_none_or(|t| t.elapsed() >= HANDSHAKE_RETRY);
+            // A rotation waiting for the other side keeps asking, every
+            // few seconds, until that side is reconfigured.
+            let rotating = wg.previous.as_ref().is_some_and(|p| p.superseded.is_none());
+            let rotation_due = wg
+                .last_forced_handshake
+                .is_none_or(|t| t.elapsed() >= ROTATION_RETRY);
+            if rotating && !usable && rotation_due && !wg.kick {
+                wg.last_forced_handshake = Some(Instant::now());
+                if let (Action::SendToPeer(d), Some(to)) =
+                    (wg.current.initiate_handshake(&mut out, true), to)
+                {
+                    let _ = shared.socket.send_to(&[d], to);
+                }
+            }
             if !usable && waiting && due && wg.previous.is_none() {
                 wg.last_forced_handshake = Some(Instant::now());
                 if let (Action::SendToPeer(d), Some(to)) =
