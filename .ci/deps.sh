@@ -11,11 +11,14 @@ base=(
   qemu-system-x86 qemu-utils
   busybox-static gzip xz-utils zstd
 )
+# Peers and decoders the VPN's interop tests run against.
+vpn_interop=(tshark wireguard-go wireguard-tools)
 bench=(iperf3 keepalived wireguard-go wireguard-tools tinc knot knot-dnsutils nsd dnsperf)
 
 case "${1:-test}" in
-  test|demo) want=("${base[@]}") ;;
-  bench) want=("${base[@]}" "${bench[@]}") ;;
+  test) want=("${base[@]}" "${vpn_interop[@]}") ;;
+  demo) want=("${base[@]}") ;;
+  bench) want=("${base[@]}" "${vpn_interop[@]}" "${bench[@]}") ;;
   *) echo "usage: $0 test|demo|bench" >&2; exit 2 ;;
 esac
 

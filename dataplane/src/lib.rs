@@ -4,10 +4,14 @@
 //! The L2 VPN's pure core is here: [`bridge::Bridge`] decides where each frame
 //! goes (learning, flooding, split horizon, MSS clamping) from the frame and
 //! the time it is given, and [`device::FrameDevice`] is the seam a shell will
-//! drive it through. The TAP device, the tunnel transport and the reverse NAT
-//! are still to come.
+//! drive it through. [`tap::Tap`] is the campus segment's device, with
+//! virtio-net headers and TSO/checksum offload; [`offload`] splits the
+//! kernel's TCP super-frames and coalesces segments back into them. The
+//! tunnel transport and the reverse NAT are still to come.
 
 pub mod bridge;
 pub mod device;
 pub mod mss;
+pub mod offload;
+pub mod tap;
 pub mod wire;

@@ -2,6 +2,7 @@
 
 mod appliance;
 mod heartbeat;
+mod vpn_cli;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -59,6 +60,11 @@ enum Cmd {
         #[command(subcommand)]
         change: MemberChange,
     },
+    /// The L2 VPN endpoint (EtherIP, raw or in WireGuard).
+    Vpn {
+        #[command(subcommand)]
+        command: vpn_cli::VpnCmd,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -82,17 +88,21 @@ fn call(socket: &Path, req: Request) -> Result<()> {
     Ok(())
 }
 
+fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match &cli.command {
         Cmd::Run => {
-            tracing_subscriber::fmt()
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-                )
-                .init();
+            init_logging();
             let cfg = Config::load(&cli.config)?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -132,6 +142,12 @@ fn main() -> Result<()> {
             ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
                 .map_err(|_| anyhow::anyhow!("no randomness available"))?;
             write_private(file, &key)
+        }
+        Cmd::Vpn { command } => {
+            if matches!(command, vpn_cli::VpnCmd::Run { .. }) {
+                init_logging();
+            }
+            vpn_cli::main(&cli.config, command)
         }
         Cmd::Status => call(&socket_of(&cli)?, Request::Status),
         Cmd::State => call(&socket_of(&cli)?, Request::State),

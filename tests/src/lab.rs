@@ -10,16 +10,20 @@
 //!   wan0 198.18.0.2                       wan0 198.18.1.2                     wan0 198.18.99.2
 //!   campus A  hl-ID-a                     campus B  hl-ID-b                   witness hl-ID-w
 //!   in0 10.70.0.1 (gw), 10.70.0.2         in0 10.70.0.3                       (no dataplane)
-//!   OVS br0 (netdev): in0-br, seg-b  ===  OVS br0: in0-br, seg-a
+//!   OVS br0 (netdev): in0-br, hv0         OVS br0: in0-br, hv0
+//!   hinan vpn (TAP hv0) ==== EtherIP [in WireGuard] over the WAN ==== hinan vpn
 //!   libvirtd + virtlogd, QEMU guests      libvirtd + virtlogd
 //!             service segment 10.70.0.0/24, LMS VM 10.70.0.10 (gw 10.70.0.1)
 //! ```
 //!
 //! Campus *i* (letters a, b, c…) has public address 198.18.*i*.2/24. The WAN
 //! routes the service segment 10.70.0.0/24 to campus A, so the client reaches
-//! the VM through A by plain routing wherever the VM runs; A's segment reaches
-//! the others' over `seg-*` veth pairs, the temporary wire that the L2 VPN
-//! replaces. Every campus runs its own ovsdb-server, ovs-vswitchd, virtlogd and
+//! the VM through A by plain routing wherever the VM runs. The segments are
+//! one Ethernet through hinan's L2 VPN: a `hinan vpn run` per campus edge, its
+//! TAP device `hv0` a port of the campus bridge, a full mesh of tunnels over
+//! the WAN ([`SegmentLink`]: EtherIP in WireGuard by default, or raw EtherIP;
+//! a veth star from A instead for tests that need a path beside the WAN).
+//! Every campus runs its own ovsdb-server, ovs-vswitchd, virtlogd and
 //! libvirtd inside its network namespace and a private mount namespace.
 
 use std::fs;
@@ -33,6 +37,8 @@ use serde::{Deserialize, Serialize};
 use crate::procs::ProcRecord;
 use crate::run::{self, RunDir};
 use crate::sys::{self, ip, run_in};
+pub use crate::vpn::SegmentLink;
+use crate::vpn::{self, MeshOptions, VpnSite};
 use crate::wan::{self, WanState};
 
 /// The service segment shared by every campus.
@@ -57,6 +63,9 @@ pub struct LabSpec {
     pub persistent: bool,
     /// libvirt domain type: `qemu` (TCG) here; `kvm` on machines with VT-x or AMD-V.
     pub virt_type: String,
+    /// How the campus segments are joined: hinan's VPN (WireGuard by
+    /// default, or raw EtherIP), or a veth star.
+    pub segment: SegmentLink,
 }
 
 impl LabSpec {
@@ -78,6 +87,7 @@ impl Default for LabSpec {
             hypervisors: true,
             persistent: false,
             virt_type: std::env::var("HINAN_LAB_VIRT_TYPE").unwrap_or_else(|_| "qemu".into()),
+            segment: SegmentLink::default(),
         }
     }
 }
@@ -352,7 +362,7 @@ impl Lab {
         wan::apply(self, &WanState::default())?;
         if spec.hypervisors {
             self.start_campus_daemons()?;
-            self.build_segment()?;
+            self.build_segment(spec.segment)?;
         }
         Ok(())
     }
@@ -450,7 +460,7 @@ impl Lab {
         Ok(())
     }
 
-    fn build_segment(&mut self) -> Result<()> {
+    fn build_segment(&mut self, link: SegmentLink) -> Result<()> {
         let topo = self.topo.clone();
         for c in &topo.campuses {
             c.ovs_vsctl(&[
@@ -490,7 +500,36 @@ impl Lab {
             )?;
             c.ovs_vsctl(&["add-port", "br0", "in0-br"])?;
         }
-        // The temporary wire: a star of veth pairs from campus A to each other campus.
+        if link == SegmentLink::Veth {
+            return self.build_veth_star();
+        }
+        let sites = self.vpn_sites();
+        vpn::write_mesh(&sites, &MeshOptions::new(link))?;
+        for (site, c) in sites.iter().zip(&topo.campuses) {
+            let rec = vpn::start_endpoint(site, vpn::LAB_TAP)?;
+            self.record(rec)?;
+            c.ovs_vsctl(&["add-port", "br0", vpn::LAB_TAP])?;
+        }
+        Ok(())
+    }
+
+    /// The VPN endpoint of each campus.
+    pub fn vpn_sites(&self) -> Vec<VpnSite> {
+        self.topo
+            .campuses
+            .iter()
+            .map(|c| VpnSite {
+                name: c.name.clone(),
+                ns: c.ns.clone(),
+                public_ip: c.public_ip,
+                dir: c.dir.join("vpn"),
+            })
+            .collect()
+    }
+
+    /// A star of veth pairs from campus A to each other campus.
+    fn build_veth_star(&mut self) -> Result<()> {
+        let topo = self.topo.clone();
         let a = &topo.campuses[0];
         for c in &topo.campuses[1..] {
             let here = format!("seg-{}", c.name);

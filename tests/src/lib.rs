@@ -7,6 +7,7 @@
 //! the [`Lab`] is dropped, by `hinan-lab down`, or by the next lab that starts
 //! after a crash. Processes are stopped by recorded PID and start time only.
 
+pub mod capture;
 pub mod cluster;
 pub mod clusterbench;
 pub mod delay;
@@ -24,6 +25,7 @@ pub mod stats;
 pub mod sys;
 pub mod vm;
 pub mod vpnbench;
+pub mod vpn;
 pub mod wan;
 
 pub use lab::{Campus, Lab, LabSpec, Topology};

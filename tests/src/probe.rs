@@ -383,3 +383,130 @@ mod tests {
         assert!(Target::parse("http:///x").is_err());
     }
 }
+
+/// What one long-lived TCP connection saw: the guest's `/cgi-bin/stream`
+/// prints a numbered line every 100 ms and `DONE n` at the end.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StreamReport {
+    /// Numbered lines received.
+    pub lines: u64,
+    /// The stream ended with `DONE n`, n matching the lines received.
+    pub done: bool,
+    /// Every line number followed the one before.
+    pub in_order: bool,
+    /// The longest wait between two lines.
+    pub longest_gap_ms: f64,
+    /// Why the connection ended early, if it did.
+    pub error: Option<String>,
+}
+
+impl StreamReport {
+    /// The connection lived to the end and lost nothing.
+    pub fn survived(&self) -> bool {
+        self.done && self.in_order && self.error.is_none()
+    }
+}
+
+/// A long-lived TCP connection from inside a namespace, read on a thread of
+/// its own.
+#[derive(Debug)]
+pub struct LongStream {
+    handle: JoinHandle<Result<StreamReport>>,
+}
+
+impl LongStream {
+    /// Opens `GET /cgi-bin/stream?SECS` to `addr` from namespace `ns`; the
+    /// connection's first line has arrived when this returns.
+    pub fn start(ns: &str, addr: SocketAddr, secs: u32) -> Result<LongStream> {
+        use std::io::{BufRead, BufReader, Write};
+        let (tx, rx) = std::sync::mpsc::channel();
+        let handle = netns::spawn_in(ns, move || {
+            let started = (|| -> Result<BufReader<std::net::TcpStream>> {
+                let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+                s.set_read_timeout(Some(Duration::from_secs(15)))?;
+                write!(
+                    s,
+                    "GET /cgi-bin/stream?{secs} HTTP/1.0\r\nHost: {addr}\r\n\r\n"
+                )?;
+                Ok(BufReader::new(s))
+            })();
+            let mut reader = match started {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.send(Err(format!("{e:#}")));
+                    return Err(e);
+                }
+            };
+            let mut report = StreamReport {
+                lines: 0,
+                done: false,
+                in_order: true,
+                longest_gap_ms: 0.0,
+                error: None,
+            };
+            let mut last = Instant::now();
+            let mut in_body = false;
+            let mut line = String::new();
+            let mut told = false;
+            loop {
+                line.clear();
+                match reader.read_line(&mut line) {
+                    Ok(0) => {
+                        report
+                            .error
+                            .get_or_insert("connection closed before DONE".into());
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        report.error =
+                            Some(format!("read failed after {} lines: {e}", report.lines));
+                        break;
+                    }
+                }
+                let text = line.trim();
+                if !in_body {
+                    in_body = text.is_empty();
+                    continue;
+                }
+                let gap = last.elapsed().as_secs_f64() * 1000.0;
+                last = Instant::now();
+                if let Some(n) = text.strip_prefix("DONE ") {
+                    report.done = n.parse::<u64>().ok() == Some(report.lines);
+                    report.error = None;
+                    break;
+                }
+                let n: u64 = text
+                    .split(' ')
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                if report.lines > 0 {
+                    report.longest_gap_ms = report.longest_gap_ms.max(gap);
+                }
+                report.in_order &= n == report.lines + 1;
+                report.lines += 1;
+                if !told {
+                    told = true;
+                    let _ = tx.send(Ok(()));
+                }
+            }
+            if !told {
+                let _ = tx.send(Err(report.error.clone().unwrap_or_default()));
+            }
+            Ok(report)
+        });
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => Ok(LongStream { handle }),
+            Ok(Err(e)) => bail!("the long-lived connection to {addr} did not start: {e}"),
+            Err(_) => bail!("no first line from {addr}/cgi-bin/stream within 10 s"),
+        }
+    }
+
+    /// Waits for the stream to end.
+    pub fn finish(self) -> Result<StreamReport> {
+        self.handle
+            .join()
+            .map_err(|_| anyhow!("the stream reader panicked"))?
+    }
+}

@@ -16,7 +16,10 @@
 //! still to come in the L2 VPN issue. Until then the lab joins the campus
 //! segments with a plain veth pair.
 
+pub mod config;
+pub mod endpoint;
 pub mod etherip;
 pub mod ip;
 pub mod mtu;
 pub mod session;
+pub mod socket;

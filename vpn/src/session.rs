@@ -248,6 +248,19 @@ impl Session {
         from_tunn(self.tunn.update_timers(out))
     }
 
+    /// Starts a handshake now, as after a key change, unless one is under
+    /// way; with `force`, sends a new initiation even then. `out` must hold
+    /// [`MIN_OUT_LEN`] bytes.
+    pub fn initiate_handshake<'a>(&mut self, out: &'a mut [u8], force: bool) -> Action<'a> {
+        if out.len() < MIN_OUT_LEN {
+            return Action::Error(SessionError::BufferTooSmall {
+                need: MIN_OUT_LEN,
+                have: out.len(),
+            });
+        }
+        from_tunn(self.tunn.format_handshake_initiation(out, force))
+    }
+
     /// Time since the current session's handshake, or `None` without one.
     pub fn time_since_last_handshake(&self) -> Option<Duration> {
         self.tunn.time_since_last_handshake()

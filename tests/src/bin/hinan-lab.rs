@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+use hinan_lab::lab::SegmentLink;
 use hinan_lab::wan::{self, LinkImpairment};
 use hinan_lab::{guest, run, Lab, LabSpec, Probe, ProbeSpec, VmSpec};
 
@@ -36,6 +37,10 @@ enum Command {
         /// Do not boot the LMS guest at campus A.
         #[arg(long)]
         no_vm: bool,
+        /// How the campus segments are joined: wireguard (hinan's EtherIP in
+        /// WireGuard), raw (hinan's raw EtherIP) or veth (a direct wire).
+        #[arg(long, default_value = "wireguard")]
+        segment: SegmentLink,
     },
     /// Remove every lab on this machine, including ones left by crashed runs.
     Down,
@@ -103,7 +108,8 @@ fn main() -> Result<()> {
             campuses,
             witness,
             no_vm,
-        } => up(campuses, witness, no_vm),
+            segment,
+        } => up(campuses, witness, no_vm, segment),
         Command::Down => down(),
         Command::Status => {
             print!("{}", Lab::open(CLI_LAB)?.status());
@@ -170,7 +176,7 @@ fn main() -> Result<()> {
     }
 }
 
-fn up(campuses: usize, witness: bool, no_vm: bool) -> Result<()> {
+fn up(campuses: usize, witness: bool, no_vm: bool, segment: SegmentLink) -> Result<()> {
     if run::base_dir().join(CLI_LAB).exists() {
         bail!("the lab is up already; see `hinan-lab status`, or remove it with `hinan-lab down`");
     }
@@ -179,6 +185,7 @@ fn up(campuses: usize, witness: bool, no_vm: bool) -> Result<()> {
         campuses,
         witness,
         persistent: true,
+        segment,
         ..LabSpec::default()
     };
     eprintln!("building {campuses} campuses (the first libvirtd answer takes about 10 s)…");
@@ -277,7 +284,7 @@ fn watch(probe: &Probe, seconds: u64, label: &str) -> Result<()> {
 fn demo(probe_json: Option<std::path::PathBuf>) -> Result<()> {
     hinan_lab::interrupt::install();
     println!("hinan demo: two campuses, one LMS guest, a live migration under a client probe\n");
-    println!("step 1: building campus A and campus B (namespaces, Open vSwitch, libvirtd each)…");
+    println!("step 1: building campus A and campus B (namespaces, Open vSwitch, libvirtd, hinan's L2 VPN each)…");
     let t = Instant::now();
     let mut lab = Lab::up(&LabSpec::default())?;
     println!("  done in {:.1} s", t.elapsed().as_secs_f64());
@@ -336,6 +343,29 @@ fn demo(probe_json: Option<std::path::PathBuf>) -> Result<()> {
         "  longest outage: {:.0} ms, failed requests: {}",
         report.longest_outage_ms, report.failed
     );
+    for site in lab.vpn_sites() {
+        let status = hinan_lab::vpn::status(&site)?;
+        let peer = &status["peers"][0];
+        println!(
+            "  hinan vpn at {}: {} frames out to {}, {} in; last handshake {:.1} s ago",
+            site.name,
+            peer["tx_packets"],
+            peer["name"].as_str().unwrap_or("?"),
+            peer["rx_packets"],
+            peer["last_handshake_secs"].as_f64().unwrap_or(f64::NAN)
+        );
+        for event in status["recent_events"].as_array().into_iter().flatten() {
+            if event[1]["mac"] == vm.mac.as_str() {
+                println!(
+                    "    MAC {} moved from {} to {} (the guest, {:.1} s after the VPN started)",
+                    vm.mac,
+                    event[1]["from"].as_str().unwrap_or("?"),
+                    event[1]["to"].as_str().unwrap_or("?"),
+                    event[0].as_f64().unwrap_or(f64::NAN)
+                );
+            }
+        }
+    }
     if let Some(path) = probe_json {
         std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
         println!("  full probe report: {}", path.display());
