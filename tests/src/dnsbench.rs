@@ -569,7 +569,7 @@ fn start(
             .context("starting nsd (`.ci/deps.sh bench` installs it)")
         }
         Server::Hinan => {
-            let bin = vpnbench::hinan_binary()?;
+            let bin = crate::vpn::hinan_bin()?;
             let conf = sdir.join("hinan-dns.toml");
             fs::write(&conf, hinan_dns_config())?;
             Daemon::start(
@@ -851,7 +851,7 @@ fn version(s: Server) -> String {
     match s {
         Server::Knot => first("knotd", &["--version"]),
         Server::Nsd => first("nsd", &["-v"]),
-        Server::Hinan => vpnbench::hinan_binary()
+        Server::Hinan => crate::vpn::hinan_bin()
             .ok()
             .and_then(|b| first(&b.to_string_lossy(), &["--version"])),
     }

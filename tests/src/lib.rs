@@ -24,8 +24,8 @@ pub mod run;
 pub mod stats;
 pub mod sys;
 pub mod vm;
-pub mod vpnbench;
 pub mod vpn;
+pub mod vpnbench;
 pub mod wan;
 
 pub use lab::{Campus, Lab, LabSpec, Topology};

@@ -44,6 +44,7 @@ use crate::procs::ProcRecord;
 use crate::run::RunDir;
 use crate::stats::median;
 use crate::sys::{self, ip, run_in};
+use crate::vpn::{self, MeshOptions, SegmentLink, VpnSite};
 
 /// The iperf3 port in campus B.
 pub const IPERF_PORT: u16 = 5201;
@@ -823,40 +824,9 @@ fn start_tinc(run: &mut RunDir, dir: &Path, a: &Campus, b: &Campus) -> Result<Ve
     Ok(daemons)
 }
 
-/// hinan's `[vpn]` configuration for campus `me` toward `peer`.
-pub fn hinan_vpn_config(
-    tunnel: Tunnel,
-    me: &Campus,
-    peer: &Campus,
-    keys: Option<(&WgKeys, &WgKeys)>,
-    offload: bool,
-) -> String {
-    const PORT: u16 = 51820;
-    let tunnel_addr = |c: &Campus| Ipv4Addr::new(10, 255, 0, c.index as u8 + 1);
-    let offload = if offload { "offload = true\n" } else { "" };
-    match (tunnel, keys) {
-        (Tunnel::HinanWireguard, Some((mine, theirs))) => format!(
-            "[vpn]\ntap = \"{HINAN_TAP}\"\n{offload}transport = \"wireguard\"\nlocal = \"{}:{PORT}\"\nprivate_key = \"{}\"\ntunnel_local = \"{}\"\n\n[[vpn.peer]]\nname = \"{}\"\nendpoint = \"{}:{PORT}\"\npublic_key = \"{}\"\ntunnel_address = \"{}\"\n",
-            me.public_ip,
-            mine.private,
-            tunnel_addr(me),
-            peer.name,
-            peer.public_ip,
-            theirs.public,
-            tunnel_addr(peer),
-        ),
-        _ => format!(
-            "[vpn]\ntap = \"{HINAN_TAP}\"\n{offload}transport = \"raw\"\nlocal = \"{}\"\n\n[[vpn.peer]]\nname = \"{}\"\nendpoint = \"{}\"\n",
-            me.public_ip, peer.name, peer.public_ip,
-        ),
-    }
-}
-
-/// The `hinan` binary (release build under `make bench`; `HINAN_BIN` overrides).
-pub fn hinan_binary() -> Result<PathBuf> {
-    sys::workspace_binary("hinan", "HINAN_BIN", "hinan-orchestrator")
-}
-
+/// hinan's two endpoints, configured by the lab's own mesh writer
+/// ([`vpn::write_mesh`], keys from `hinan vpn genkey`) with the TAP
+/// [`HINAN_TAP`], started as `hinan -c FILE vpn run --status-socket PATH`.
 fn start_hinan(
     run: &mut RunDir,
     dir: &Path,
@@ -865,32 +835,49 @@ fn start_hinan(
     t: Tunnel,
     offload: bool,
 ) -> Result<Vec<Daemon>> {
-    let bin = hinan_binary()?;
-    let keys = [wg_keys()?, wg_keys()?];
+    let bin = vpn::hinan_bin()?;
+    let link = match t {
+        Tunnel::HinanRaw => SegmentLink::VpnRaw,
+        _ => SegmentLink::VpnWireGuard,
+    };
+    let sites: Vec<VpnSite> = [a, b]
+        .iter()
+        .map(|c| VpnSite {
+            name: c.name.clone(),
+            ns: c.ns.clone(),
+            public_ip: c.public_ip,
+            dir: dir.join(format!("hinan-{}", c.name)),
+        })
+        .collect();
+    let mut opts = MeshOptions::new(link);
+    opts.tap = HINAN_TAP.to_string();
+    opts.offload = offload;
+    vpn::write_mesh(&sites, &opts).context("writing hinan's [vpn] tables")?;
     let mut daemons = Vec::new();
-    for (me, peer, mine, theirs) in [(a, b, 0usize, 1usize), (b, a, 1, 0)] {
-        let cfg = dir.join(format!("hinan-vpn-{}.toml", me.name));
-        let text = hinan_vpn_config(t, me, peer, Some((&keys[mine], &keys[theirs])), offload);
-        fs::write(&cfg, text)?;
-        let d = Daemon::start(
+    for (i, site) in sites.iter().enumerate() {
+        let (config, socket) = (site.config(), site.status_socket());
+        let mut d = Daemon::start(
             run,
-            &me.ns,
-            &format!("vpnbench/{t}/{}", me.name),
+            &site.ns,
+            &format!("vpnbench/{t}/{}", site.name),
             bin.as_os_str(),
             &[
+                OsStr::new("-c"),
+                config.as_os_str(),
                 OsStr::new("vpn"),
                 OsStr::new("run"),
-                OsStr::new("--config"),
-                cfg.as_os_str(),
+                OsStr::new("--status-socket"),
+                socket.as_os_str(),
             ],
-            &dir.join(format!("hinan-vpn-{}.log", me.name)),
+            &site.log(),
         )
         .with_context(|| format!("starting `{} vpn run`", bin.display()))?;
-        address_device(&me.ns, HINAN_TAP, t.inside(mine as u8 + 1), &d).with_context(|| {
+        d.leaves.push(socket);
+        address_device(&site.ns, HINAN_TAP, t.inside(i as u8 + 1), &d).with_context(|| {
             format!(
-                "`hinan vpn run --config {}` at campus {}",
-                cfg.display(),
-                me.name
+                "`hinan -c {} vpn run` at campus {}",
+                config.display(),
+                site.name
             )
         })?;
         daemons.push(d);
@@ -948,53 +935,6 @@ mod tests {
         assert!(args.contains("-c 10.99.0.2 -p 5201 -t 5 -J"), "{args}");
         // 18 bytes of payload + UDP 8 + IPv4 20 + Ethernet 14 + FCS 4.
         assert_eq!(SMALL_PAYLOAD + 8 + 20 + 14 + 4, 64);
-    }
-
-    fn campus(index: usize) -> Campus {
-        let name = ((b'a' + index as u8) as char).to_string();
-        Campus {
-            index,
-            ns: format!("hl-x-{name}"),
-            public_ip: Ipv4Addr::new(198, 18, index as u8, 2),
-            wan_gateway: Ipv4Addr::new(198, 18, index as u8, 1),
-            inside_ip: Ipv4Addr::new(10, 70, 0, 2 + index as u8),
-            dir: PathBuf::from("/nonexistent"),
-            hypervisor: false,
-            name,
-        }
-    }
-
-    #[test]
-    fn hinan_configs_follow_the_vpn_contract() {
-        let (a, b) = (campus(0), campus(1));
-        let raw = hinan_vpn_config(Tunnel::HinanRaw, &a, &b, None, false);
-        assert!(!raw.contains("offload"));
-        assert!(raw.contains("transport = \"raw\""));
-        assert!(raw.contains("local = \"198.18.0.2\""));
-        assert!(raw.contains("endpoint = \"198.18.1.2\""));
-        assert!(!raw.contains("private_key"));
-        let ka = WgKeys {
-            private: "PRIV-A".into(),
-            public: "PUB-A".into(),
-        };
-        let kb = WgKeys {
-            private: "PRIV-B".into(),
-            public: "PUB-B".into(),
-        };
-        let wg = hinan_vpn_config(Tunnel::HinanWireguard, &b, &a, Some((&kb, &ka)), true);
-        for want in [
-            "transport = \"wireguard\"",
-            "local = \"198.18.1.2:51820\"",
-            "private_key = \"PRIV-B\"",
-            "tunnel_local = \"10.255.0.2\"",
-            "endpoint = \"198.18.0.2:51820\"",
-            "public_key = \"PUB-A\"",
-            "tunnel_address = \"10.255.0.1\"",
-            "tap = \"hvb0\"",
-            "offload = true",
-        ] {
-            assert!(wg.contains(want), "{want} missing in:\n{wg}");
-        }
     }
 
     #[test]
