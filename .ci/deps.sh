@@ -11,11 +11,14 @@ base=(
   qemu-system-x86 qemu-utils
   busybox-static gzip xz-utils zstd
 )
+# DNS interop tests: Knot as secondary, kdig, nsupdate.
+dns=(knot knot-dnsutils bind9-dnsutils)
 bench=(iperf3 keepalived wireguard-go wireguard-tools tinc knot knot-dnsutils nsd dnsperf)
 
 case "${1:-test}" in
-  test|demo) want=("${base[@]}") ;;
-  bench) want=("${base[@]}" "${bench[@]}") ;;
+  test) want=("${base[@]}" "${dns[@]}") ;;
+  demo) want=("${base[@]}") ;;
+  bench) want=("${base[@]}" "${dns[@]}" "${bench[@]}") ;;
   *) echo "usage: $0 test|demo|bench" >&2; exit 2 ;;
 esac
 
