@@ -51,6 +51,6 @@ lint:
 FUZZ_SECONDS ?= 30
 fuzz:
 	cd fuzz && CARGO_TARGET_DIR=../target/fuzz $(CARGO) build
-	for t in heartbeat monitor_replies raft_message control_request bridge_input etherip; do \
+	for t in heartbeat monitor_replies raft_message control_request bridge_input etherip dns_query; do \
 		./target/fuzz/debug/$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 2>&1 | grep -E 'executed_units|ERROR' || exit 1; \
 	done

@@ -1,0 +1,64 @@
+//! DNS requests arrive from anyone. Whatever the bytes, the authority never
+//! panics; it answers with a response carrying the request's ID (FORMERR for
+//! what it cannot parse) or drops the packet; and the fast path's cache gives
+//! the same answer as the slow path.
+#![no_main]
+use std::sync::Mutex;
+
+use hinan_dns::cache::AnswerCache;
+use hinan_dns::{Authority, DnsConfig, ServiceAnswer, ServiceView, Transport};
+use libfuzzer_sys::fuzz_target;
+
+const CONFIG: &str = r#"
+listen = ["127.0.0.1:0"]
+fallback = ["192.0.2.80"]
+[[key]]
+name = "k.univ-a.example"
+secret = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTAxMjM="
+[[zone]]
+origin = "univ-a.example"
+ns = ["ns1.univ-a.example"]
+records = ["ns1 IN A 198.18.0.2", "www IN CNAME lms", "t IN TXT \"x\""]
+allow_transfer = ["127.0.0.0/8"]
+update_keys = ["k.univ-a.example"]
+"#;
+
+static STATE: Mutex<Option<(Authority, AnswerCache)>> = Mutex::new(None);
+
+fuzz_target!(|data: &[u8]| {
+    let mut guard = STATE.lock().unwrap();
+    let (auth, cache) = guard.get_or_insert_with(|| {
+        let cfg: DnsConfig = toml::from_str(CONFIG).unwrap();
+        let mut a = Authority::new(&cfg, &Default::default()).unwrap();
+        a.apply_view(&ServiceView {
+            version: 1,
+            services: vec![ServiceAnswer {
+                name: "lms.univ-a.example".into(),
+                ttl: 10,
+                addresses: vec!["198.18.0.80".parse().unwrap()],
+            }],
+        });
+        (a, AnswerCache::default())
+    });
+    let src = "127.0.0.1".parse().unwrap();
+    for transport in [Transport::Udp, Transport::Tcp] {
+        let reply = auth.handle(data, src, transport, 1_800_000_000);
+        for m in &reply.messages {
+            assert!(m.len() >= 12, "a response has a header");
+            assert_eq!(&m[0..2], &data[0..2], "a response carries the request's ID");
+            assert!(m[2] & 0x80 != 0, "QR is set");
+            if transport == Transport::Udp {
+                assert!(m.len() <= 1232, "UDP answers fit the payload limit");
+            }
+        }
+        cache.reset(auth.generation());
+        if transport == Transport::Udp && reply.cacheable {
+            cache.insert(auth.generation(), data, &reply.messages[0]);
+            let mut out = [0u8; 4096];
+            // Not every cacheable answer's request has the shape the fast path keys on.
+            if let Some(n) = cache.lookup(data, &mut out) {
+                assert_eq!(&out[..n], &reply.messages[0][..], "the fast path answers as the slow path");
+            }
+        }
+    }
+});
