@@ -128,7 +128,7 @@ fn a_live_migration_changes_the_answer_at_every_appliance_once_committed() {
     for site in sites {
         assert_eq!(
             answer(&cluster, site),
-            [addr_a.clone()],
+            [addr_a.as_str()],
             "{site} moved before the commit"
         );
     }
@@ -160,7 +160,7 @@ fn a_live_migration_changes_the_answer_at_every_appliance_once_committed() {
     for site in sites {
         assert_eq!(
             answer(&cluster, site),
-            [addr_b.clone()],
+            [addr_b.as_str()],
             "{site} after the move"
         );
     }
