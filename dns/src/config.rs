@@ -6,7 +6,7 @@
 //! udp_threads = 2                # default: the number of CPUs
 //! service_ttl = 10               # TTL of service A/AAAA answers (s); default 10
 //! fallback = ["192.0.2.80"]      # answered when no campus of a service is up; default none
-//! serial_file = "/var/lib/hinan/dns-serials.json"  # default: not persisted
+//! serial_file = "/var/lib/hinan/dns-serials"  # default: DATA_DIR/dns-serials in `hinan run`, none in `hinan dns serve`
 //!
 //! [[dns.key]]                    # TSIG keys (hmac-sha256 only)
 //! name = "xfr.univ-a.example"

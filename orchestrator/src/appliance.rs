@@ -168,7 +168,11 @@ pub async fn run(cfg: Config) -> Result<()> {
     };
     // Authoritative DNS whose answers follow the replicated state.
     let _dns = match &cfg.dns {
-        Some(d) => Some(hinan_orchestrator::dns::start(d, shell.feed.subscribe())?),
+        Some(d) => Some(hinan_orchestrator::dns::start(
+            d,
+            &cfg.appliance.data_dir,
+            shell.feed.subscribe(),
+        )?),
         None => None,
     };
     let mut raft_tick = tokio::time::interval(TICK);

@@ -100,8 +100,18 @@ pub fn load_dns_table(path: &std::path::Path) -> anyhow::Result<DnsConfig> {
         .with_context(|| format!("{}: [dns]", path.display()))
 }
 
-/// Starts the DNS server and a task that follows `watch`.
-pub fn start(cfg: &DnsConfig, mut watch: StateWatch) -> anyhow::Result<Arc<DnsServer>> {
+/// Starts the DNS server and a task that follows `watch`. Serials are kept
+/// in `data_dir/dns-serials` unless the configuration names a serial file.
+pub fn start(
+    cfg: &DnsConfig,
+    data_dir: &std::path::Path,
+    mut watch: StateWatch,
+) -> anyhow::Result<Arc<DnsServer>> {
+    let mut cfg = cfg.clone();
+    if cfg.serial_file.is_none() {
+        cfg.serial_file = Some(data_dir.join("dns-serials"));
+    }
+    let cfg = &cfg;
     let server = Arc::new(DnsServer::start(cfg)?);
     server.update(&service_view(&watch.current(), cfg));
     let (s, cfg) = (server.clone(), cfg.clone());
