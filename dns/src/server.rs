@@ -149,6 +149,66 @@ fn reuseport_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     Ok(UdpSocket::from(fd))
 }
 
+/// Sends each query to the socket of the group whose index is the CPU that
+/// received it (modulo the group's size), so that with one pinned worker per
+/// CPU a query is answered where it arrived.
+fn steer_by_cpu(sock: &UdpSocket, n: usize) -> std::io::Result<()> {
+    if n < 2 {
+        return Ok(());
+    }
+    const SKF_AD_CPU: u32 = 36;
+    let mut code = [
+        // A = the CPU the packet arrived on (SKF_AD_OFF + SKF_AD_CPU).
+        libc::sock_filter {
+            code: 0x20,
+            jt: 0,
+            jf: 0,
+            k: (-0x1000i32) as u32 + SKF_AD_CPU,
+        },
+        // A %= n
+        libc::sock_filter {
+            code: 0x94,
+            jt: 0,
+            jf: 0,
+            k: n as u32,
+        },
+        // return A
+        libc::sock_filter {
+            code: 0x16,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+    ];
+    let prog = libc::sock_fprog {
+        len: code.len() as u16,
+        filter: code.as_mut_ptr(),
+    };
+    // SAFETY: prog points at `code`, alive for the call; the kernel copies it.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&prog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t with one bit set, passed with its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
 fn to_sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: sockaddr_storage is plain data; all-zero is a valid value.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
@@ -334,6 +394,10 @@ impl DnsServer {
             for _ in 1..workers {
                 socks.push(reuseport_udp(addr).map_err(listen_err)?);
             }
+            if let Err(e) = steer_by_cpu(&socks[0], socks.len()) {
+                tracing::debug!("no per-CPU steering of UDP queries: {e}");
+            }
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
             for (i, sock) in socks.into_iter().enumerate() {
                 sock.set_read_timeout(Some(Duration::from_millis(200)))
                     .map_err(listen_err)?;
@@ -341,7 +405,12 @@ impl DnsServer {
                 threads.push(
                     std::thread::Builder::new()
                         .name(format!("dns-udp{i}"))
-                        .spawn(move || udp_worker(&shared, &sock))
+                        .spawn(move || {
+                            if workers == cpus {
+                                pin_to_cpu(i);
+                            }
+                            udp_worker(&shared, &sock)
+                        })
                         .map_err(listen_err)?,
                 );
             }
