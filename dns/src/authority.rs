@@ -341,6 +341,16 @@ impl Zone {
     }
 }
 
+/// The records that answer one question.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lookup {
+    /// NOERROR (with answers, or NODATA) or NXDOMAIN.
+    pub rcode: ResponseCode,
+    pub answers: Vec<Record>,
+    /// The SOA, for negative answers.
+    pub authorities: Vec<Record>,
+}
+
 /// What a request's TSIG said.
 enum Auth {
     None,
@@ -610,51 +620,64 @@ impl Authority {
         }
     }
 
-    fn answer(&self, q: &Query, resp: &mut Message) {
-        let qname = lower(q.name());
-        let Some(zi) = self.zone_for(&qname) else {
-            resp.metadata.response_code = ResponseCode::Refused;
-            return;
-        };
-        if q.query_class() != DNSClass::IN && q.query_class() != DNSClass::ANY {
-            resp.metadata.response_code = ResponseCode::Refused;
-            return;
-        }
-        let zone = &self.zones[zi];
-        resp.metadata.authoritative = true;
-        let qtype = q.query_type();
-        let with_case = |r: &Record| {
-            let mut r = r.clone();
-            r.name = q.name().clone();
-            r
+    /// The answer to `qname`/`qtype` (class IN), or `None` outside the served zones.
+    pub fn lookup(&self, qname: &Name, qtype: RecordType) -> Option<Lookup> {
+        let qname = lower(qname);
+        let zone = &self.zones[self.zone_for(&qname)?];
+        let mut out = Lookup {
+            rcode: ResponseCode::NoError,
+            answers: Vec::new(),
+            authorities: Vec::new(),
         };
         if qname == zone.origin && matches!(qtype, RecordType::SOA | RecordType::ANY) {
             // RFC 8482: one RRset answers ANY; at the apex the SOA.
-            resp.add_answer(with_case(&zone.soa_record(zone.soa.serial)));
-            return;
+            out.answers.push(zone.soa_record(zone.soa.serial));
+            return Some(out);
         }
-        let sets = zone.at(&qname);
         if qtype == RecordType::ANY {
-            if let Some(set) = sets.values().next() {
-                resp.add_answers(set.iter().map(with_case));
-                return;
+            if let Some(set) = zone.at(&qname).values().next() {
+                out.answers.extend(set.iter().cloned());
+                return Some(out);
             }
         } else if let Some(set) = zone.get(&qname, qtype) {
-            resp.add_answers(set.iter().map(with_case));
-            return;
+            out.answers.extend(set.iter().cloned());
+            return Some(out);
         } else if let Some(cname) = zone.get(&qname, RecordType::CNAME) {
-            resp.add_answers(cname.iter().map(with_case));
+            out.answers.extend(cname.iter().cloned());
             if let Some(RData::CNAME(target)) = cname.first().map(|r| &r.data) {
                 if let Some(set) = zone.get(&lower(&target.0), qtype) {
-                    resp.add_answers(set.iter().cloned());
+                    out.answers.extend(set.iter().cloned());
                 }
             }
-            return;
+            return Some(out);
         }
         if !zone.name_exists(&qname) {
-            resp.metadata.response_code = ResponseCode::NXDomain;
+            out.rcode = ResponseCode::NXDomain;
         }
-        resp.add_authority(zone.negative_soa());
+        out.authorities.push(zone.negative_soa());
+        Some(out)
+    }
+
+    fn answer(&self, q: &Query, resp: &mut Message) {
+        let found = match q.query_class() {
+            DNSClass::IN | DNSClass::ANY => self.lookup(q.name(), q.query_type()),
+            _ => None,
+        };
+        let Some(found) = found else {
+            resp.metadata.response_code = ResponseCode::Refused;
+            return;
+        };
+        resp.metadata.authoritative = true;
+        resp.metadata.response_code = found.rcode;
+        let qname = lower(q.name());
+        // Echo the question's case in the records it owns.
+        resp.add_answers(found.answers.into_iter().map(|mut r| {
+            if r.name == qname {
+                r.name = q.name().clone();
+            }
+            r
+        }));
+        resp.add_authorities(found.authorities);
     }
 
     fn transfer(
