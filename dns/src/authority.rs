@@ -292,13 +292,14 @@ impl Zone {
     }
 
     /// Whether `name` owns records or has descendants (an empty non-terminal).
+    /// A published service owns its name even with no address to give.
     fn name_exists(&self, name: &Name) -> bool {
         name == &self.origin
             || self
                 .statics
                 .iter()
-                .chain(self.dynamic.iter())
                 .any(|((n, _), v)| !v.is_empty() && name.zone_of(n))
+            || self.dynamic.keys().any(|(n, _)| name.zone_of(n))
     }
 
     /// Moves to a new serial if `change` altered the records; returns whether it did.

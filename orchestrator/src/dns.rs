@@ -280,6 +280,68 @@ mod tests {
         assert!(!site_is_up(&s, "nowhere"));
     }
 
+    /// The A records hickory's Catalog answers for the LMS, from `s`'s view.
+    async fn through_catalog(s: &ClusterState, c: &DnsConfig) -> Vec<String> {
+        use hinan_dns::hickory_proto::op::{Message, MessageType, OpCode, Query};
+        use hinan_dns::hickory_proto::rr::{Name, RData, RecordType};
+        let mut c = c.clone();
+        c.zones = toml::from_str::<DnsConfig>(
+            "listen = []\n[[zone]]\norigin = \"univ-a.example\"\nns = [\"ns1.univ-a.example\"]\n",
+        )
+        .unwrap()
+        .zones;
+        let mut auth = hinan_dns::Authority::new(&c, &Default::default()).unwrap();
+        auth.apply_view(&service_view(s, &c));
+        let catalog = hinan_dns::catalog::catalog(Arc::new(std::sync::Mutex::new(auth)));
+        let mut m = Message::new(1, MessageType::Query, OpCode::Query);
+        m.add_query(Query::query(
+            Name::from_ascii("lms.univ-a.example.").unwrap(),
+            RecordType::A,
+        ));
+        let out = hinan_dns::catalog::ask(
+            &catalog,
+            &m.to_vec().unwrap(),
+            "127.0.0.1:1".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+        Message::from_vec(&out[0])
+            .unwrap()
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(a.0.to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn through_hickorys_catalog_each_campus_a_campus_down_and_all_down() {
+        let mut s = state();
+        let c = cfg(&["192.0.2.80"]);
+        assert_eq!(through_catalog(&s, &c).await, vec!["198.18.0.80"]);
+        let i = s.applied + 1;
+        s.apply(
+            i,
+            &Proposal {
+                by: 1,
+                at_unix_ms: 0,
+                command: Command::SetVmLocation {
+                    vm: "lms1".into(),
+                    site: "b".into(),
+                    host: "host-b".into(),
+                },
+                request: None,
+            },
+        );
+        assert_eq!(through_catalog(&s, &c).await, vec!["198.18.1.80"]);
+        report(&mut s, 1, "b", Health::Down);
+        assert_eq!(through_catalog(&s, &c).await, vec!["192.0.2.80"]);
+        report(&mut s, 2, "a", Health::Down);
+        assert!(through_catalog(&s, &cfg(&[])).await.is_empty());
+    }
+
     #[test]
     fn the_example_dns_config_parses() {
         let path =
