@@ -343,6 +343,41 @@ mod tests {
     }
 
     #[test]
+    fn an_appliance_config_carries_the_dns_table_and_its_errors_name_the_line() {
+        let base = r#"
+[appliance]
+id = 1
+name = "hinan-a"
+site = "a"
+data_dir = "/var/lib/hinan"
+control_socket = "/run/hinan/control.sock"
+
+[cluster]
+listen = "198.18.0.2:7400"
+cert = "/etc/hinan/a.crt"
+key = "/etc/hinan/a.key"
+heartbeat_key = "/etc/hinan/hb.key"
+paths = { wan = "198.18.0.2" }
+
+[dns]
+listen = ["198.18.0.2:53"]
+
+[[dns.zone]]
+origin = "univ-a.example"
+ns = ["ns1.univ-a.example"]
+"#;
+        let c = crate::config::Config::parse(base, "hinan.toml").unwrap();
+        let dns = c.dns.expect("the [dns] table");
+        assert_eq!(dns.zones[0].origin, "univ-a.example");
+        assert_eq!(dns.service_ttl, 10);
+        let bad = base.replace("ns = [", "nss = [");
+        let e = crate::config::Config::parse(&bad, "hinan.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 21") && e.contains("nss"), "{e}");
+    }
+
+    #[test]
     fn the_example_dns_config_parses() {
         let path =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dns/examples/dns.toml");
