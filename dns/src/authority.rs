@@ -517,6 +517,8 @@ impl Authority {
 
     /// Answers one request. `now` is the Unix time in seconds (for TSIG).
     pub fn handle(&mut self, bytes: &[u8], src: IpAddr, transport: Transport, now: u64) -> Reply {
+        // An IPv4 client of a dual-stack socket arrives as ::ffff:a.b.c.d; ACLs name it in IPv4.
+        let src = src.to_canonical();
         // Too short to carry an ID, or itself a response: never answer (no loops, no reflection).
         if bytes.len() < 12 || bytes[2] & 0x80 != 0 {
             return Reply::default();

@@ -383,6 +383,14 @@ fn transfers_need_the_acl_and_the_tsig_key() {
     // The answer's TSIG verifies with the key.
     assert!(r.signature.is_some());
 
+    // An IPv4 client seen through a dual-stack socket is matched as IPv4.
+    let mut m = request("univ-a.example.", RecordType::AXFR);
+    m.finalize(&signer("xfr.univ-a.example"), NOW).unwrap();
+    let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+    let reply = a.handle(&m.to_vec().unwrap(), mapped, Transport::Tcp, NOW);
+    let r = Message::from_vec(&reply.messages[0]).unwrap();
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+
     // A source outside the ACL is refused even with the key.
     let mut m = request("univ-a.example.", RecordType::AXFR);
     m.finalize(&signer("xfr.univ-a.example"), NOW).unwrap();
