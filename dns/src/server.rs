@@ -9,7 +9,7 @@
 //! * NOTIFY: a thread per change and secondary; up to 5 tries, 1 s apart,
 //!   until the secondary acknowledges.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -51,6 +51,7 @@ struct Shared {
     serial_file: Option<PathBuf>,
     stop: AtomicBool,
     tcp_open: AtomicUsize,
+    notify_slots: Mutex<HashMap<NotifyKey, Option<NotifyJob>>>,
     rrl: (u32, u32),
 }
 
@@ -274,7 +275,7 @@ fn from_sockaddr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
 
 impl Shared {
     /// The slow path: the authority answers; cacheable answers are kept.
-    fn answer(&self, req: &[u8], src: IpAddr, transport: Transport) -> Vec<Vec<u8>> {
+    fn answer(self: &Arc<Self>, req: &[u8], src: IpAddr, transport: Transport) -> Vec<Vec<u8>> {
         let (reply, generation, notifies, serials) = {
             let mut auth = self.authority.lock().unwrap_or_else(|e| e.into_inner());
             let before = auth.generation();
@@ -297,7 +298,12 @@ impl Shared {
         reply.messages
     }
 
-    fn changed(&self, generation: u64, serials: &BTreeMap<String, u32>, notifies: Vec<NotifyJob>) {
+    fn changed(
+        self: &Arc<Self>,
+        generation: u64,
+        serials: &BTreeMap<String, u32>,
+        notifies: Vec<NotifyJob>,
+    ) {
         self.cache
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -308,57 +314,106 @@ impl Shared {
             }
         }
         for job in notifies {
-            spawn_notify(job);
+            dispatch_notify(self, job);
         }
     }
 }
 
-fn spawn_notify(job: NotifyJob) {
+/// Sends `job`'s NOTIFY until acknowledged, `NOTIFY_TRIES` times at most, or
+/// until `superseded` says a newer serial is waiting.
+fn send_notify(job: &NotifyJob, superseded: impl Fn() -> bool) {
+    let bind: SocketAddr = if job.target.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    let sock = match UdpSocket::bind(bind) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(target = %job.target, "NOTIFY: no socket: {e}");
+            return;
+        }
+    };
+    let _ = sock.set_read_timeout(Some(Duration::from_millis(200)));
+    let id = (SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+        >> 8) as u16;
+    let msg = job.message(id);
+    let mut buf = [0u8; 4096];
+    for attempt in 1..=NOTIFY_TRIES {
+        if attempt > 1 && superseded() {
+            return;
+        }
+        if let Err(e) = sock.send_to(&msg, job.target) {
+            tracing::warn!(target = %job.target, attempt, "NOTIFY not sent: {e}");
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        while std::time::Instant::now() < deadline {
+            match sock.recv_from(&mut buf) {
+                Ok((n, from)) if from == job.target && NotifyJob::is_ack(&buf[..n], id) => {
+                    tracing::info!(zone = %job.zone, serial = job.serial, target = %job.target, attempt, "NOTIFY acknowledged");
+                    return;
+                }
+                _ => continue,
+            }
+        }
+    }
+    tracing::warn!(zone = %job.zone, serial = job.serial, target = %job.target, "NOTIFY not acknowledged after {NOTIFY_TRIES} tries");
+}
+
+type NotifyKey = (SocketAddr, String);
+
+/// One NOTIFY thread per secondary and zone at a time; a newer serial
+/// replaces one still waiting, so a burst of changes costs one thread.
+fn dispatch_notify(shared: &Arc<Shared>, job: NotifyJob) {
+    let key: NotifyKey = (job.target, job.zone.clone());
+    {
+        let mut slots = shared
+            .notify_slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(waiting) = slots.get_mut(&key) {
+            *waiting = Some(job);
+            return;
+        }
+        slots.insert(key.clone(), None);
+    }
+    let (shared2, key2) = (shared.clone(), key.clone());
     let spawned = std::thread::Builder::new()
         .name("dns-notify".into())
         .spawn(move || {
-            let bind: SocketAddr = if job.target.is_ipv4() {
-                "0.0.0.0:0".parse().expect("literal")
-            } else {
-                "[::]:0".parse().expect("literal")
-            };
-            let sock = match UdpSocket::bind(bind) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(target = %job.target, "NOTIFY: no socket: {e}");
-                    return;
-                }
-            };
-            let _ = sock.set_read_timeout(Some(Duration::from_secs(1)));
-            let id = (SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.subsec_nanos())
-                .unwrap_or(0)
-                >> 8) as u16;
-            let msg = job.message(id);
-            let mut buf = [0u8; 4096];
-            for attempt in 1..=NOTIFY_TRIES {
-                if let Err(e) = sock.send_to(&msg, job.target) {
-                    tracing::warn!(target = %job.target, attempt, "NOTIFY not sent: {e}");
-                    std::thread::sleep(Duration::from_secs(1));
-                    continue;
-                }
-                let deadline = std::time::Instant::now() + Duration::from_secs(1);
-                while std::time::Instant::now() < deadline {
-                    match sock.recv_from(&mut buf) {
-                        Ok((n, from)) if from == job.target && NotifyJob::is_ack(&buf[..n], id) => {
-                            tracing::info!(zone = %job.zone, serial = job.serial, target = %job.target, attempt, "NOTIFY acknowledged");
-                            return;
-                        }
-                        Ok(_) => continue,
-                        Err(_) => break,
+            let mut job = job;
+            loop {
+                send_notify(&job, || {
+                    shared2
+                        .notify_slots
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(&key)
+                        .is_some_and(Option::is_some)
+                });
+                let mut slots = shared2
+                    .notify_slots
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                match slots.get_mut(&key).and_then(Option::take) {
+                    Some(next) => job = next,
+                    None => {
+                        slots.remove(&key);
+                        return;
                     }
                 }
             }
-            tracing::warn!(zone = %job.zone, serial = job.serial, target = %job.target, "NOTIFY not acknowledged after {NOTIFY_TRIES} tries");
         });
     if let Err(e) = spawned {
         tracing::warn!("NOTIFY: cannot start a thread: {e}");
+        shared
+            .notify_slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key2);
     }
 }
 
@@ -377,6 +432,7 @@ impl DnsServer {
             serial_file: cfg.serial_file.clone(),
             stop: AtomicBool::new(false),
             tcp_open: AtomicUsize::new(0),
+            notify_slots: Mutex::new(HashMap::new()),
             rrl: (cfg.rrl.responses_per_second, cfg.rrl.slip),
         });
         let workers = cfg
@@ -521,7 +577,7 @@ impl Batch {
     }
 }
 
-fn udp_worker(shared: &Shared, sock: &UdpSocket) {
+fn udp_worker(shared: &Arc<Shared>, sock: &UdpSocket) {
     let fd = sock.as_raw_fd();
     let mut rx = Batch::new();
     let mut tx = Batch::new();
@@ -649,7 +705,7 @@ fn tcp_acceptor(shared: &Arc<Shared>, listener: &TcpListener) {
     }
 }
 
-fn tcp_connection(shared: &Shared, mut stream: TcpStream, peer: SocketAddr) {
+fn tcp_connection(shared: &Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
