@@ -105,6 +105,8 @@ struct Zone {
     soa: SOA,
     soa_ttl: u32,
     statics: RrMap,
+    /// Operators' records (RFC 2136 updates), replicated through the cluster.
+    operator: RrMap,
     dynamic: RrMap,
     history: VecDeque<Change>,
     notify: Vec<SocketAddr>,
@@ -121,6 +123,8 @@ pub struct Authority {
     /// Bumped on every change of any zone: cached answers of older generations are stale.
     generation: u64,
     notifies: Vec<NotifyJob>,
+    /// Operators' record sets changed by updates here, to replicate.
+    record_changes: Vec<(String, Vec<String>)>,
 }
 
 fn query(name: Name, rtype: RecordType) -> Query {
@@ -148,6 +152,34 @@ fn insert(map: &mut RrMap, r: Record) {
     if !set.iter().any(|x| x.data == r.data) {
         set.push(r);
     }
+}
+
+/// A zone's key in [`ServiceView::zone_records`]: lowercase, no final dot.
+pub fn zone_key(origin: &Name) -> String {
+    origin.to_ascii().trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Zone-file text (relative to `origin`) as record sets; SOA records are skipped.
+fn parse_records(origin: &Name, text: &str) -> Result<RrMap, String> {
+    let mut out = RrMap::new();
+    if text.trim().is_empty() {
+        return Ok(out);
+    }
+    let text = format!("$TTL 3600\n{text}\n");
+    let parser = hickory_proto::serialize::txt::Parser::new(text, None, Some(origin.clone()));
+    let (_, sets) = parser.parse().map_err(|e| format!("records: {e}"))?;
+    for set in sets.values() {
+        for r in set.records_without_rrsigs() {
+            if r.record_type() == RecordType::SOA {
+                continue;
+            }
+            if !origin.zone_of(&r.name) {
+                return Err(format!("record {} is outside the zone", r.name));
+            }
+            insert(&mut out, r.clone());
+        }
+    }
+    Ok(out)
 }
 
 fn flatten(map: &RrMap) -> Vec<Record> {
@@ -186,22 +218,8 @@ impl Zone {
             text.push('\n');
             text.push_str(&file);
         }
-        if !text.trim().is_empty() {
-            let text = format!("$TTL {}\n{text}\n", z.soa_ttl);
-            let parser =
-                hickory_proto::serialize::txt::Parser::new(text, None, Some(origin.clone()));
-            let (_, sets) = parser.parse().map_err(|e| format!("records: {e}"))?;
-            for set in sets.values() {
-                for r in set.records_without_rrsigs() {
-                    if r.record_type() == RecordType::SOA {
-                        continue;
-                    }
-                    if !origin.zone_of(&r.name) {
-                        return Err(format!("record {} is outside the zone", r.name));
-                    }
-                    insert(&mut statics, r.clone());
-                }
-            }
+        for r in flatten(&parse_records(&origin, &text)?) {
+            insert(&mut statics, r);
         }
         let allow_transfer = z
             .allow_transfer
@@ -239,6 +257,7 @@ impl Zone {
             origin,
             soa_ttl: z.soa_ttl,
             statics,
+            operator: RrMap::new(),
             dynamic: RrMap::new(),
             history: VecDeque::new(),
             notify: z.notify.clone(),
@@ -264,14 +283,16 @@ impl Zone {
         let key = (name.clone(), u16::from(rtype));
         self.dynamic
             .get(&key)
+            .or_else(|| self.operator.get(&key))
             .or_else(|| self.statics.get(&key))
             .filter(|v| !v.is_empty())
     }
 
-    /// Every record but the SOA, dynamic ones replacing static ones of the same name and type.
+    /// Every record but the SOA; of the same name and type, dynamic ones
+    /// replace operators' ones, which replace configured ones.
     fn all(&self) -> Vec<Record> {
         let mut merged = self.statics.clone();
-        for (k, v) in &self.dynamic {
+        for (k, v) in self.operator.iter().chain(&self.dynamic) {
             merged.insert(k.clone(), v.clone());
         }
         merged.retain(|_, v| !v.is_empty());
@@ -281,7 +302,7 @@ impl Zone {
     /// The record sets at `name` (dynamic replacing static), by type.
     fn at(&self, name: &Name) -> BTreeMap<u16, &Vec<Record>> {
         let mut out = BTreeMap::new();
-        for map in [&self.statics, &self.dynamic] {
+        for map in [&self.statics, &self.operator, &self.dynamic] {
             for ((n, t), v) in map.range((name.clone(), 0)..=(name.clone(), u16::MAX)) {
                 if n == name && !v.is_empty() {
                     out.insert(*t, v);
@@ -298,6 +319,7 @@ impl Zone {
             || self
                 .statics
                 .iter()
+                .chain(&self.operator)
                 .any(|((n, _), v)| !v.is_empty() && name.zone_of(n))
             || self.dynamic.keys().any(|(n, _)| name.zone_of(n))
     }
@@ -409,6 +431,7 @@ impl Authority {
             keys,
             generation: 0,
             notifies: Vec::new(),
+            record_changes: Vec::new(),
         })
     }
 
@@ -432,6 +455,13 @@ impl Authority {
             .iter()
             .find(|z| z.origin == origin)
             .map(|z| z.soa.serial)
+    }
+
+    /// Zones whose operators' records an update changed here since the last
+    /// call, with all their operator records (zone-file lines): what the
+    /// cluster should replicate ([`ServiceView::zone_records`]).
+    pub fn take_record_changes(&mut self) -> Vec<(String, Vec<String>)> {
+        std::mem::take(&mut self.record_changes)
     }
 
     /// NOTIFYs owed since the last call.
@@ -490,11 +520,23 @@ impl Authority {
         }
         let mut any = false;
         for (i, dynamic) in per_zone.into_iter().enumerate() {
-            if self.zones[i].dynamic == dynamic {
+            let key = zone_key(&self.zones[i].origin);
+            let operator = match view.zone_records.get(&key) {
+                None => RrMap::new(),
+                Some(lines) => match parse_records(&self.zones[i].origin, &lines.join("\n")) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(zone = %key, "replicated operator records ignored: {e}");
+                        self.zones[i].operator.clone()
+                    }
+                },
+            };
+            if self.zones[i].dynamic == dynamic && self.zones[i].operator == operator {
                 continue;
             }
             let before = self.zones[i].all();
             self.zones[i].dynamic = dynamic;
+            self.zones[i].operator = operator;
             let names_changed = self.zones[i].commit(before, floor);
             // An empty owner appearing or going changes no record but does change answers.
             self.generation += 1;
@@ -810,19 +852,19 @@ impl Authority {
                 DNSClass::IN => {
                     let mut r = u.clone();
                     r.name = name;
-                    insert(&mut zone.statics, r);
+                    insert(&mut zone.operator, r);
                 }
                 DNSClass::ANY if t == RecordType::ANY => {
-                    zone.statics.retain(|(n, _), _| *n != name);
+                    zone.operator.retain(|(n, _), _| *n != name);
                 }
                 DNSClass::ANY => {
-                    zone.statics.remove(&(name, u16::from(t)));
+                    zone.operator.remove(&(name, u16::from(t)));
                 }
                 _ => {
-                    if let Some(set) = zone.statics.get_mut(&(name.clone(), u16::from(t))) {
+                    if let Some(set) = zone.operator.get_mut(&(name.clone(), u16::from(t))) {
                         set.retain(|r| r.data != u.data);
                         if set.is_empty() {
-                            zone.statics.remove(&(name, u16::from(t)));
+                            zone.operator.remove(&(name, u16::from(t)));
                         }
                     }
                 }
@@ -830,6 +872,13 @@ impl Authority {
         }
         if zone.commit(before, 0) {
             tracing::info!(zone = %zone.origin, serial = zone.soa.serial, "dynamic update applied");
+            self.record_changes.push((
+                zone_key(&zone.origin),
+                flatten(&zone.operator)
+                    .iter()
+                    .map(|r| r.to_string())
+                    .collect(),
+            ));
             self.changed(zi);
         }
         ResponseCode::NoError

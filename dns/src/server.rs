@@ -52,7 +52,20 @@ struct Shared {
     stop: AtomicBool,
     tcp_open: AtomicUsize,
     notify_slots: Mutex<HashMap<NotifyKey, Option<NotifyJob>>>,
+    record_sink: SinkSlot,
     rrl: (u32, u32),
+}
+
+/// Receives (zone, all its operator records) after an update here changed them.
+pub type RecordSink = Box<dyn Fn(String, Vec<String>) + Send + Sync>;
+
+#[derive(Default)]
+struct SinkSlot(Mutex<Option<RecordSink>>);
+
+impl std::fmt::Debug for SinkSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SinkSlot")
+    }
 }
 
 /// A running DNS server; stops when dropped.
@@ -283,6 +296,14 @@ impl Shared {
             let generation = auth.generation();
             let notifies = auth.take_notifies();
             let serials = (generation != before).then(|| auth.serials());
+            let records = auth.take_record_changes();
+            if !records.is_empty() {
+                if let Some(sink) = &*self.record_sink.0.lock().unwrap_or_else(|e| e.into_inner()) {
+                    for (zone, lines) in records {
+                        sink(zone, lines);
+                    }
+                }
+            }
             (reply, generation, notifies, serials)
         };
         if let Some(serials) = serials {
@@ -433,6 +454,7 @@ impl DnsServer {
             stop: AtomicBool::new(false),
             tcp_open: AtomicUsize::new(0),
             notify_slots: Mutex::new(HashMap::new()),
+            record_sink: SinkSlot::default(),
             rrl: (cfg.rrl.responses_per_second, cfg.rrl.slip),
         });
         let workers = cfg
@@ -486,6 +508,17 @@ impl DnsServer {
             addrs,
             threads,
         })
+    }
+
+    /// Hands every change that an update makes to operators' records to
+    /// `sink` (to replicate it); without a sink they stay on this server.
+    pub fn on_record_changes(&self, sink: RecordSink) {
+        *self
+            .shared
+            .record_sink
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(sink);
     }
 
     /// The addresses served (with the ports actually bound).

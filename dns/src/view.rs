@@ -2,6 +2,7 @@
 //! the addresses to answer now. The orchestrator computes it (only campuses
 //! that are up, or the fallback); this crate never sees the cluster state.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 /// The services to answer for, at one version of the replicated state.
@@ -11,6 +12,9 @@ pub struct ServiceView {
     /// serials, so that serials survive restarts without a file.
     pub version: u64,
     pub services: Vec<ServiceAnswer>,
+    /// Operators' records by zone (origin lowercase, no final dot), in
+    /// zone-file syntax: replicated RFC 2136 updates.
+    pub zone_records: BTreeMap<String, Vec<String>>,
 }
 
 /// One service's answer.

@@ -42,6 +42,7 @@ notify = ["127.0.0.1:5300"]
 
 fn view(version: u64, addr: &str) -> ServiceView {
     ServiceView {
+        zone_records: Default::default(),
         version,
         services: vec![ServiceAnswer {
             name: "lms.univ-a.example".into(),
@@ -209,6 +210,7 @@ fn edns_is_echoed_and_big_udp_answers_are_truncated_but_not_over_tcp() {
         .map(|i| format!("198.18.0.{i}").parse().unwrap())
         .collect();
     a.apply_view(&ServiceView {
+        zone_records: Default::default(),
         version: 1,
         services: vec![ServiceAnswer {
             name: "lms.univ-a.example".into(),
@@ -486,6 +488,29 @@ fn updates_with_the_key_add_and_remove_records_and_others_are_refused() {
         Transport::Udp,
     );
     assert_eq!(addresses(&q), vec!["198.18.0.99"]);
+
+    // The change is handed out for replication; another appliance applying it answers the same.
+    let changes = a.take_record_changes();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].0, "univ-a.example");
+    assert_eq!(
+        changes[0].1,
+        vec!["intranet.univ-a.example. 300 IN A 198.18.0.99"]
+    );
+    let mut other = authority();
+    let mut replicated = view(5, "198.18.0.80");
+    replicated.zone_records = changes.into_iter().collect();
+    other.apply_view(&replicated);
+    let q = ask(
+        &mut other,
+        &request("intranet.univ-a.example.", RecordType::A),
+        Transport::Udp,
+    );
+    assert_eq!(addresses(&q), vec!["198.18.0.99"]);
+    // Applying the same records where they were made changes nothing.
+    let serial = a.serial("univ-a.example");
+    a.apply_view(&replicated);
+    assert_eq!(a.serial("univ-a.example"), serial);
 
     let mut del = rec.clone();
     del.dns_class = DNSClass::NONE;

@@ -33,6 +33,7 @@ fn view(version: u64, a: &[&str], b: &[&str]) -> ServiceView {
         addresses: addrs.iter().map(|s| s.parse().unwrap()).collect(),
     };
     ServiceView {
+        zone_records: Default::default(),
         version,
         services: vec![svc("lms.univ-a.example", a), svc("lms.univ-b.example", b)],
     }

@@ -34,6 +34,7 @@ fn notify_is_retried_until_the_secondary_acknowledges_it() {
     .unwrap();
     let server = DnsServer::start(&cfg).unwrap();
     server.update(&ServiceView {
+        zone_records: Default::default(),
         version: 42,
         services: vec![ServiceAnswer {
             name: "lms.univ-a.example".into(),

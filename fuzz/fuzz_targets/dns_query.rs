@@ -32,6 +32,7 @@ fuzz_target!(|data: &[u8]| {
         let cfg: DnsConfig = toml::from_str(CONFIG).unwrap();
         let mut a = Authority::new(&cfg, &Default::default()).unwrap();
         a.apply_view(&ServiceView {
+zone_records: Default::default(),
             version: 1,
             services: vec![ServiceAnswer {
                 name: "lms.univ-a.example".into(),

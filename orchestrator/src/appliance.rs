@@ -171,6 +171,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         Some(d) => Some(hinan_orchestrator::dns::start(
             d,
             &cfg.appliance.data_dir,
+            &cfg.appliance.control_socket,
             shell.feed.subscribe(),
         )?),
         None => None,

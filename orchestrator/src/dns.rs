@@ -61,6 +61,7 @@ pub fn service_view(state: &ClusterState, cfg: &DnsConfig) -> ServiceView {
     ServiceView {
         version: state.applied,
         services,
+        zone_records: state.zone_records.clone(),
     }
 }
 
@@ -68,6 +69,7 @@ pub fn service_view(state: &ClusterState, cfg: &DnsConfig) -> ServiceView {
 /// `[[dns.service]]` at its configured addresses.
 pub fn static_view(cfg: &DnsConfig) -> ServiceView {
     ServiceView {
+        zone_records: Default::default(),
         version: 0,
         services: cfg
             .services
@@ -102,9 +104,12 @@ pub fn load_dns_table(path: &std::path::Path) -> anyhow::Result<DnsConfig> {
 
 /// Starts the DNS server and a task that follows `watch`. Serials are kept
 /// in `data_dir/dns-serials` unless the configuration names a serial file.
+/// Operators' records changed by an update here are proposed to the cluster
+/// through the control socket, so that every appliance answers them.
 pub fn start(
     cfg: &DnsConfig,
     data_dir: &std::path::Path,
+    control_socket: &std::path::Path,
     mut watch: StateWatch,
 ) -> anyhow::Result<Arc<DnsServer>> {
     let mut cfg = cfg.clone();
@@ -113,6 +118,29 @@ pub fn start(
     }
     let cfg = &cfg;
     let server = Arc::new(DnsServer::start(cfg)?);
+    let socket = control_socket.to_path_buf();
+    server.on_record_changes(Box::new(move |zone, records| {
+        let socket = socket.clone();
+        let propose = move || {
+            let req = crate::control::Request::Propose {
+                command: crate::state::Command::SetZoneRecords {
+                    zone: zone.clone(),
+                    records,
+                },
+                timeout_ms: Some(5000),
+            };
+            match crate::control::call(&socket, &req, std::time::Duration::from_secs(10)) {
+                Ok(_) => tracing::info!(%zone, "operators' DNS records committed"),
+                Err(e) => tracing::warn!(%zone, "operators' DNS records not replicated: {e:#}"),
+            }
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("dns-replicate".into())
+            .spawn(propose)
+        {
+            tracing::warn!("cannot replicate a DNS update: {e}");
+        }
+    }));
     server.update(&service_view(&watch.current(), cfg));
     let (s, cfg) = (server.clone(), cfg.clone());
     tokio::spawn(async move {

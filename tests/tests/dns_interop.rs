@@ -45,6 +45,7 @@ update_keys = ["ops.univ-a.example"]
 
 fn view(version: u64, addr: &str) -> ServiceView {
     ServiceView {
+        zone_records: Default::default(),
         version,
         services: vec![ServiceAnswer {
             name: "lms.univ-a.example".into(),
