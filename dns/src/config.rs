@@ -22,7 +22,7 @@
 //! retry = 600
 //! expire = 604800
 //! minimum = 60                   # negative-answer TTL
-//! records = ["ns1 3600 IN A 198.18.0.2", "www IN CNAME lms"]   # zone-file lines, relative to origin
+//! records = ["ns1 3600 IN A 198.18.0.2", "www IN CNAME lms"]   # zone-file lines, relative to origin; TTL default 3600
 //! file = "/etc/hinan/univ-a.zone" # more records in zone-file syntax; default none
 //! notify = ["198.18.0.10:53"]    # secondaries told by NOTIFY on every serial change
 //! allow_transfer = ["198.18.0.10/32"]  # who may AXFR/IXFR; default nobody
