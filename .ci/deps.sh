@@ -13,12 +13,14 @@ base=(
 )
 # Peers and decoders the VPN's interop tests run against.
 vpn_interop=(tshark wireguard-go wireguard-tools)
+# DNS interop tests: Knot as secondary, kdig, nsupdate.
+dns=(knot knot-dnsutils bind9-dnsutils)
 bench=(iperf3 keepalived wireguard-go wireguard-tools tinc knot knot-dnsutils nsd dnsperf)
 
 case "${1:-test}" in
-  test) want=("${base[@]}" "${vpn_interop[@]}") ;;
+  test) want=("${base[@]}" "${vpn_interop[@]}" "${dns[@]}") ;;
   demo) want=("${base[@]}") ;;
-  bench) want=("${base[@]}" "${vpn_interop[@]}" "${bench[@]}") ;;
+  bench) want=("${base[@]}" "${vpn_interop[@]}" "${dns[@]}" "${bench[@]}") ;;
   *) echo "usage: $0 test|demo|bench" >&2; exit 2 ;;
 esac
 

@@ -166,6 +166,16 @@ pub async fn run(cfg: Config) -> Result<()> {
         feed: StateFeed::new(replica.state()),
         last_check_error: HashMap::new(),
     };
+    // Authoritative DNS whose answers follow the replicated state.
+    let _dns = match &cfg.dns {
+        Some(d) => Some(hinan_orchestrator::dns::start(
+            d,
+            &cfg.appliance.data_dir,
+            &cfg.appliance.control_socket,
+            shell.feed.subscribe(),
+        )?),
+        None => None,
+    };
     let mut raft_tick = tokio::time::interval(TICK);
     raft_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let origin = Instant::now();

@@ -57,6 +57,9 @@ pub struct Config {
     pub cluster: ClusterConfig,
     #[serde(default, rename = "peer")]
     pub peers: Vec<PeerConfig>,
+    /// Authoritative DNS (`hinan_dns::config` documents the table); none if absent.
+    #[serde(default)]
+    pub dns: Option<hinan_dns::DnsConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -11,6 +11,7 @@ pub mod checks;
 pub mod config;
 pub mod control;
 pub mod detect;
+pub mod dns;
 pub mod logstore;
 pub mod monitor;
 pub mod replica;

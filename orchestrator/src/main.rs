@@ -55,6 +55,11 @@ enum Cmd {
     },
     /// Commit an operator note to the audit log (and report the commit latency).
     Note { text: String },
+    /// Authoritative DNS.
+    Dns {
+        #[command(subcommand)]
+        cmd: DnsCmd,
+    },
     /// Add or remove a voting appliance at run time.
     Member {
         #[command(subcommand)]
@@ -65,6 +70,13 @@ enum Cmd {
         #[command(subcommand)]
         command: vpn_cli::VpnCmd,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum DnsCmd {
+    /// Serve the `[dns]` table of --config without a cluster (each
+    /// `[[dns.service]]` at its `addresses`) until SIGINT or SIGTERM.
+    Serve,
 }
 
 #[derive(Debug, Subcommand)]
@@ -101,6 +113,28 @@ fn init_logging() {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match &cli.command {
+        Cmd::Dns { cmd: DnsCmd::Serve } => {
+            init_logs();
+            let cfg = hinan_orchestrator::dns::load_dns_table(&cli.config)?;
+            // Block the stop signals in every thread; this one waits for them.
+            // SAFETY: plain signal-mask calls on a local, initialized sigset.
+            let signal = unsafe {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, libc::SIGINT);
+                libc::sigaddset(&mut set, libc::SIGTERM);
+                libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+                set
+            };
+            let server = hinan_dns::DnsServer::start(&cfg)?;
+            server.update(&hinan_orchestrator::dns::static_view(&cfg));
+            let mut sig: libc::c_int = 0;
+            // SAFETY: sigwait on the set blocked above.
+            unsafe { libc::sigwait(&signal, &mut sig) };
+            tracing::info!(signal = sig, "DNS stopping");
+            drop(server);
+            Ok(())
+        }
         Cmd::Run => {
             init_logging();
             let cfg = Config::load(&cli.config)?;
@@ -120,6 +154,10 @@ fn main() -> Result<()> {
                 cfg.peers.len(),
                 cfg.voters()
             );
+            if let Some(dns) = &cfg.dns {
+                hinan_dns::Authority::new(dns, &Default::default())?;
+                println!("dns: {} zones on {:?}", dns.zones.len(), dns.listen);
+            }
             Ok(())
         }
         Cmd::Keygen { name, out_dir } => {
@@ -174,6 +212,16 @@ fn main() -> Result<()> {
             },
         ),
     }
+}
+
+fn init_logs() {
+    tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
 }
 
 fn write_private(path: &Path, data: &[u8]) -> Result<()> {

@@ -209,6 +209,12 @@ pub enum Command {
     Note {
         text: String,
     },
+    /// The operators' records of DNS zone `zone` (RFC 2136 updates), in
+    /// zone-file syntax with absolute names; they replace the previous set.
+    SetZoneRecords {
+        zone: String,
+        records: Vec<String>,
+    },
 }
 
 /// Who proposed a command and when, carried beside it in the log.
@@ -273,6 +279,9 @@ pub struct ClusterState {
     /// Request ids applied lately, oldest first.
     #[serde(default)]
     pub recent_requests: std::collections::VecDeque<String>,
+    /// DNS zone origin → the operators' records (from dynamic updates).
+    #[serde(default)]
+    pub zone_records: BTreeMap<String, Vec<String>>,
 }
 
 impl ClusterState {
@@ -452,6 +461,16 @@ impl ClusterState {
                     plan.moves.len()
                 )))
             }
+            SetZoneRecords { zone, records } => {
+                let zone = zone.trim_end_matches('.').to_ascii_lowercase();
+                let what = format!("dns zone {zone}: {} operator records", records.len());
+                if records.is_empty() {
+                    self.zone_records.remove(&zone);
+                } else {
+                    self.zone_records.insert(zone, records.clone());
+                }
+                Ok(Some(what))
+            }
             UpdateMigration(m) => {
                 self.migrations.insert(m.vm.clone(), m.clone());
                 Ok(Some(format!(
@@ -593,6 +612,31 @@ mod tests {
         s.apply(2, &note);
         assert_eq!(s.audit.iter().filter(|a| a.what == "note: x").count(), 1);
         assert_eq!(s.applied, 2);
+    }
+
+    #[test]
+    fn zone_records_are_replaced_whole_and_an_empty_set_removes_the_zone() {
+        let mut s = ClusterState::default();
+        let set = |records: Vec<&str>| {
+            p(Command::SetZoneRecords {
+                zone: "Univ-A.example.".into(),
+                records: records.into_iter().map(String::from).collect(),
+            })
+        };
+        s.apply(1, &set(vec!["a.univ-a.example. 300 IN A 198.18.0.1"]));
+        s.apply(2, &set(vec!["b.univ-a.example. 300 IN A 198.18.0.2"]));
+        assert_eq!(
+            s.zone_records["univ-a.example"],
+            vec!["b.univ-a.example. 300 IN A 198.18.0.2".to_string()]
+        );
+        s.apply(3, &set(vec![]));
+        assert!(s.zone_records.is_empty());
+        assert!(s
+            .audit
+            .last()
+            .unwrap()
+            .what
+            .contains("dns zone univ-a.example"));
     }
 
     #[test]

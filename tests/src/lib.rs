@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod clusterbench;
 pub mod delay;
 pub mod dnsbench;
+pub mod dnslab;
 pub mod guest;
 pub mod interrupt;
 pub mod keepalived;

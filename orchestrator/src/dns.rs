@@ -1,0 +1,417 @@
+//! The DNS adapter: what the authoritative DNS answers, as a pure function of
+//! the replicated state, and the task that keeps the server following it.
+//!
+//! The answer rule ([`service_view`]): a service's A/AAAA records are the
+//! public address, at the campus where its VM runs now, if that campus is up.
+//! A campus is down when a strict majority of the appliances that reported on
+//! it see it down. Otherwise (VM unknown, campus down, no address there) the
+//! answer is the configured fallback, or no record at all: never a dead address.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use hinan_dns::{DnsConfig, DnsServer, ServiceAnswer, ServiceView};
+
+use crate::state::{ClusterState, Health};
+use crate::watch::StateWatch;
+
+/// Whether campus `site` counts as up in `state`.
+pub fn site_is_up(state: &ClusterState, site: &str) -> bool {
+    let Some(s) = state.sites.get(site) else {
+        return false;
+    };
+    if s.witness {
+        return false;
+    }
+    let suffix = format!("/{site}");
+    let (mut down, mut reports) = (0, 0);
+    for (key, health) in &state.site_health {
+        if key.ends_with(&suffix) && key.len() > suffix.len() {
+            reports += 1;
+            if *health == Health::Down {
+                down += 1;
+            }
+        }
+    }
+    down * 2 <= reports
+}
+
+/// The addresses to answer for each published service now.
+pub fn service_view(state: &ClusterState, cfg: &DnsConfig) -> ServiceView {
+    let services = state
+        .services
+        .values()
+        .map(|svc| {
+            let live = state
+                .vms
+                .get(&svc.vm)
+                .filter(|vm| site_is_up(state, &vm.site))
+                .and_then(|vm| svc.public_address.get(&vm.site))
+                .and_then(|a| a.parse::<IpAddr>().ok());
+            ServiceAnswer {
+                name: svc.hostname.trim_end_matches('.').to_string(),
+                ttl: cfg.ttl_of(&svc.hostname),
+                addresses: match live {
+                    Some(a) => vec![a],
+                    None => cfg.fallback.clone(),
+                },
+            }
+        })
+        .collect();
+    ServiceView {
+        version: state.applied,
+        services,
+        zone_records: state.zone_records.clone(),
+    }
+}
+
+/// The answers `hinan dns serve` gives without a cluster: each
+/// `[[dns.service]]` at its configured addresses.
+pub fn static_view(cfg: &DnsConfig) -> ServiceView {
+    ServiceView {
+        zone_records: Default::default(),
+        version: 0,
+        services: cfg
+            .services
+            .iter()
+            .map(|s| ServiceAnswer {
+                name: s.name.clone(),
+                ttl: s.ttl.unwrap_or(cfg.service_ttl),
+                addresses: if s.addresses.is_empty() {
+                    cfg.fallback.clone()
+                } else {
+                    s.addresses.clone()
+                },
+            })
+            .collect(),
+    }
+}
+
+/// The `[dns]` table of a configuration file, alone (for `hinan dns serve`,
+/// whose file may be an appliance configuration or hold only `[dns]`).
+pub fn load_dns_table(path: &std::path::Path) -> anyhow::Result<DnsConfig> {
+    use anyhow::Context;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("{}: not TOML", path.display()))?;
+    let dns = table
+        .remove("dns")
+        .with_context(|| format!("{}: no [dns] table", path.display()))?;
+    dns.try_into()
+        .with_context(|| format!("{}: [dns]", path.display()))
+}
+
+/// Starts the DNS server and a task that follows `watch`. Serials are kept
+/// in `data_dir/dns-serials` unless the configuration names a serial file.
+/// Operators' records changed by an update here are proposed to the cluster
+/// through the control socket, so that every appliance answers them.
+pub fn start(
+    cfg: &DnsConfig,
+    data_dir: &std::path::Path,
+    control_socket: &std::path::Path,
+    mut watch: StateWatch,
+) -> anyhow::Result<Arc<DnsServer>> {
+    let mut cfg = cfg.clone();
+    if cfg.serial_file.is_none() {
+        cfg.serial_file = Some(data_dir.join("dns-serials"));
+    }
+    let cfg = &cfg;
+    let server = Arc::new(DnsServer::start(cfg)?);
+    let socket = control_socket.to_path_buf();
+    server.on_record_changes(Box::new(move |zone, records| {
+        let socket = socket.clone();
+        let propose = move || {
+            let req = crate::control::Request::Propose {
+                command: crate::state::Command::SetZoneRecords {
+                    zone: zone.clone(),
+                    records,
+                },
+                timeout_ms: Some(5000),
+            };
+            match crate::control::call(&socket, &req, std::time::Duration::from_secs(10)) {
+                Ok(_) => tracing::info!(%zone, "operators' DNS records committed"),
+                Err(e) => tracing::warn!(%zone, "operators' DNS records not replicated: {e:#}"),
+            }
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("dns-replicate".into())
+            .spawn(propose)
+        {
+            tracing::warn!("cannot replicate a DNS update: {e}");
+        }
+    }));
+    server.update(&service_view(&watch.current(), cfg));
+    let (s, cfg) = (server.clone(), cfg.clone());
+    tokio::spawn(async move {
+        while let Some(state) = watch.changed().await {
+            s.update(&service_view(&state, &cfg));
+        }
+    });
+    Ok(server)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Command, Proposal, Service, Site, StorageMode, Vm, VmCheck};
+
+    fn cfg(fallback: &[&str]) -> DnsConfig {
+        let text = format!(
+            "listen = [\"127.0.0.1:0\"]\nfallback = [{}]\n[[service]]\nname = \"lms.univ-a.example.\"\nttl = 30\n",
+            fallback
+                .iter()
+                .map(|f| format!("\"{f}\""))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        toml::from_str(&text).unwrap()
+    }
+
+    fn state() -> ClusterState {
+        let mut s = ClusterState::default();
+        let mut i = 0;
+        let mut apply = |s: &mut ClusterState, command: Command| {
+            i += 1;
+            s.apply(
+                i,
+                &Proposal {
+                    by: 1,
+                    at_unix_ms: 0,
+                    command,
+                    request: None,
+                },
+            );
+        };
+        for (id, witness) in [("a", false), ("b", false), ("w", true)] {
+            apply(
+                &mut s,
+                Command::PutSite(Site {
+                    id: id.into(),
+                    location: None,
+                    witness,
+                }),
+            );
+        }
+        apply(
+            &mut s,
+            Command::PutVm(Vm {
+                id: "lms1".into(),
+                mac: "52:54:00:00:00:01".into(),
+                ip: "10.70.0.10".into(),
+                priority: 1,
+                site: "a".into(),
+                host: "host-a".into(),
+                storage: StorageMode::Shared,
+                check: VmCheck::default(),
+            }),
+        );
+        apply(
+            &mut s,
+            Command::PutService(Service {
+                hostname: "lms.univ-a.example".into(),
+                vm: "lms1".into(),
+                ports: vec![443],
+                public_address: [
+                    ("a".to_string(), "198.18.0.80".to_string()),
+                    ("b".to_string(), "198.18.1.80".to_string()),
+                ]
+                .into(),
+            }),
+        );
+        s
+    }
+
+    fn report(s: &mut ClusterState, observer: u64, site: &str, health: Health) {
+        let i = s.applied + 1;
+        s.apply(
+            i,
+            &Proposal {
+                by: observer,
+                at_unix_ms: 0,
+                command: Command::ReportSiteHealth {
+                    observer,
+                    site: site.into(),
+                    health,
+                },
+                request: None,
+            },
+        );
+    }
+
+    fn answer(s: &ClusterState, c: &DnsConfig) -> Vec<String> {
+        let v = service_view(s, c);
+        assert_eq!(v.version, s.applied);
+        v.services[0]
+            .addresses
+            .iter()
+            .map(|a| a.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_service_answers_the_campus_where_its_vm_runs_now() {
+        let mut s = state();
+        let c = cfg(&["192.0.2.80"]);
+        assert_eq!(answer(&s, &c), vec!["198.18.0.80"]);
+        assert_eq!(service_view(&s, &c).services[0].ttl, 30, "per-service TTL");
+        let i = s.applied + 1;
+        s.apply(
+            i,
+            &Proposal {
+                by: 1,
+                at_unix_ms: 0,
+                command: Command::SetVmLocation {
+                    vm: "lms1".into(),
+                    site: "b".into(),
+                    host: "host-b".into(),
+                },
+                request: None,
+            },
+        );
+        assert_eq!(answer(&s, &c), vec!["198.18.1.80"]);
+    }
+
+    #[test]
+    fn a_campus_down_is_never_answered_the_fallback_is() {
+        let mut s = state();
+        let c = cfg(&["192.0.2.80"]);
+        // One observer of two sees a down: no majority, still up.
+        report(&mut s, 2, "a", Health::Down);
+        report(&mut s, 3, "a", Health::Up);
+        assert_eq!(answer(&s, &c), vec!["198.18.0.80"]);
+        report(&mut s, 3, "a", Health::Degraded);
+        assert_eq!(answer(&s, &c), vec!["198.18.0.80"], "degraded is up");
+        report(&mut s, 3, "a", Health::Down);
+        assert_eq!(
+            answer(&s, &c),
+            vec!["192.0.2.80"],
+            "a is down: the fallback"
+        );
+        // Campus b being up does not help: the VM does not run there.
+        report(&mut s, 1, "b", Health::Up);
+        assert_eq!(answer(&s, &c), vec!["192.0.2.80"]);
+    }
+
+    #[test]
+    fn all_campuses_down_and_no_fallback_answers_nothing() {
+        let mut s = state();
+        for site in ["a", "b"] {
+            report(&mut s, 9, site, Health::Down);
+        }
+        assert_eq!(answer(&s, &cfg(&["192.0.2.80"])), vec!["192.0.2.80"]);
+        assert!(
+            answer(&s, &cfg(&[])).is_empty(),
+            "no fallback: NODATA, not a dead address"
+        );
+        assert!(!site_is_up(&s, "w"), "a witness site is no campus");
+        assert!(!site_is_up(&s, "nowhere"));
+    }
+
+    /// The A records hickory's Catalog answers for the LMS, from `s`'s view.
+    async fn through_catalog(s: &ClusterState, c: &DnsConfig) -> Vec<String> {
+        use hinan_dns::hickory_proto::op::{Message, MessageType, OpCode, Query};
+        use hinan_dns::hickory_proto::rr::{Name, RData, RecordType};
+        let mut c = c.clone();
+        c.zones = toml::from_str::<DnsConfig>(
+            "listen = []\n[[zone]]\norigin = \"univ-a.example\"\nns = [\"ns1.univ-a.example\"]\n",
+        )
+        .unwrap()
+        .zones;
+        let mut auth = hinan_dns::Authority::new(&c, &Default::default()).unwrap();
+        auth.apply_view(&service_view(s, &c));
+        let catalog = hinan_dns::catalog::catalog(Arc::new(std::sync::Mutex::new(auth)));
+        let mut m = Message::new(1, MessageType::Query, OpCode::Query);
+        m.add_query(Query::query(
+            Name::from_ascii("lms.univ-a.example.").unwrap(),
+            RecordType::A,
+        ));
+        let out = hinan_dns::catalog::ask(
+            &catalog,
+            &m.to_vec().unwrap(),
+            "127.0.0.1:1".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+        Message::from_vec(&out[0])
+            .unwrap()
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(a.0.to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn through_hickorys_catalog_each_campus_a_campus_down_and_all_down() {
+        let mut s = state();
+        let c = cfg(&["192.0.2.80"]);
+        assert_eq!(through_catalog(&s, &c).await, vec!["198.18.0.80"]);
+        let i = s.applied + 1;
+        s.apply(
+            i,
+            &Proposal {
+                by: 1,
+                at_unix_ms: 0,
+                command: Command::SetVmLocation {
+                    vm: "lms1".into(),
+                    site: "b".into(),
+                    host: "host-b".into(),
+                },
+                request: None,
+            },
+        );
+        assert_eq!(through_catalog(&s, &c).await, vec!["198.18.1.80"]);
+        report(&mut s, 1, "b", Health::Down);
+        assert_eq!(through_catalog(&s, &c).await, vec!["192.0.2.80"]);
+        report(&mut s, 2, "a", Health::Down);
+        assert!(through_catalog(&s, &cfg(&[])).await.is_empty());
+    }
+
+    #[test]
+    fn an_appliance_config_carries_the_dns_table_and_its_errors_name_the_line() {
+        let base = r#"
+[appliance]
+id = 1
+name = "hinan-a"
+site = "a"
+data_dir = "/var/lib/hinan"
+control_socket = "/run/hinan/control.sock"
+
+[cluster]
+listen = "198.18.0.2:7400"
+cert = "/etc/hinan/a.crt"
+key = "/etc/hinan/a.key"
+heartbeat_key = "/etc/hinan/hb.key"
+paths = { wan = "198.18.0.2" }
+
+[dns]
+listen = ["198.18.0.2:53"]
+
+[[dns.zone]]
+origin = "univ-a.example"
+ns = ["ns1.univ-a.example"]
+"#;
+        let c = crate::config::Config::parse(base, "hinan.toml").unwrap();
+        let dns = c.dns.expect("the [dns] table");
+        assert_eq!(dns.zones[0].origin, "univ-a.example");
+        assert_eq!(dns.service_ttl, 10);
+        let bad = base.replace("ns = [", "nss = [");
+        let e = crate::config::Config::parse(&bad, "hinan.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 21") && e.contains("nss"), "{e}");
+    }
+
+    #[test]
+    fn the_example_dns_config_parses() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dns/examples/dns.toml");
+        let c = load_dns_table(&path).unwrap();
+        hinan_dns::Authority::new(&c, &Default::default()).unwrap();
+        assert_eq!(c.service_ttl, 10);
+        assert_eq!(c.rrl.responses_per_second, 0, "RRL is off by default");
+    }
+}

@@ -1,0 +1,169 @@
+//! End to end: every appliance of the real cluster serves the LMS name; the
+//! guest live-migrates from campus A to campus B, its new location is
+//! committed, and the answer changes at every appliance. Boots the guest, so
+//! it runs alone (.ci/nextest.toml).
+
+use std::time::{Duration, Instant};
+
+use hinan_lab::cluster::Cluster;
+use hinan_lab::{guest, sys, Lab, LabSpec, VmSpec};
+use hinan_orchestrator::state::{Command, Service, Site, StorageMode, Vm, VmCheck};
+
+const NAME: &str = "lms.univ-a.example";
+
+const DNS: &str = r#"
+[dns]
+listen = ["0.0.0.0:53"]
+udp_threads = 1
+fallback = ["192.0.2.80"]
+
+[[dns.zone]]
+origin = "univ-a.example"
+ns = ["ns1.univ-a.example"]
+"#;
+
+/// The addresses appliance at `site` answers for the LMS, asked with kdig in its namespace.
+fn answer(cluster: &Cluster, site: &str) -> Vec<String> {
+    let a = cluster.get(site).unwrap();
+    let out = sys::run_in(
+        &a.ns,
+        "kdig",
+        &[
+            &format!("@{}", a.wan_ip),
+            NAME,
+            "A",
+            "+short",
+            "+time=1",
+            "+retry=0",
+        ],
+    )
+    .unwrap_or_default();
+    out.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+fn wait_answer(cluster: &Cluster, site: &str, want: &str, limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let got = answer(cluster, site);
+        if got == [want] {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{site} answers {got:?}, not {want}, after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_live_migration_changes_the_answer_at_every_appliance_once_committed() {
+    let image = guest::ensure().expect("the guest image builds");
+    let mut lab = Lab::up(&LabSpec {
+        witness: true,
+        ..LabSpec::default()
+    })
+    .expect("the lab comes up");
+    let cluster = lab
+        .start_cluster(DNS)
+        .expect("the appliances agree on a leader");
+    let sites = ["a", "b", "w"];
+    let public = |c: &str| lab.campus(c).unwrap().public_ip.to_string();
+    let (addr_a, addr_b) = (public("a"), public("b"));
+
+    let vm = VmSpec::default();
+    lab.start_vm("a", &vm, &image)
+        .expect("the guest starts at A");
+    if let Err(e) = lab.wait_http(&vm.url(), Duration::from_secs(90)) {
+        panic!("{e:#}\nconsole at A:\n{}", lab.console_tail("a", &vm.name));
+    }
+
+    // Publish the LMS: its VM at A, a public address at each campus.
+    let a = cluster.get("a").unwrap();
+    for (id, witness) in [("a", false), ("b", false), ("w", true)] {
+        a.propose(Command::PutSite(Site {
+            id: id.into(),
+            location: None,
+            witness,
+        }))
+        .expect("site committed");
+    }
+    a.propose(Command::PutVm(Vm {
+        id: vm.name.clone(),
+        mac: vm.mac.clone(),
+        ip: vm.ip.to_string(),
+        priority: 1,
+        site: "a".into(),
+        host: "a".into(),
+        storage: StorageMode::Shared,
+        check: VmCheck::default(),
+    }))
+    .expect("VM committed");
+    a.propose(Command::PutService(Service {
+        hostname: NAME.into(),
+        vm: vm.name.clone(),
+        ports: vec![80],
+        public_address: [
+            ("a".to_string(), addr_a.clone()),
+            ("b".to_string(), addr_b.clone()),
+        ]
+        .into(),
+    }))
+    .expect("service committed");
+
+    // Before: every appliance sends users to campus A.
+    for site in sites {
+        wait_answer(&cluster, site, &addr_a, Duration::from_secs(5));
+    }
+
+    // The VM moves to B; then its new location is committed.
+    let migration = lab
+        .migrate_vm(&vm.name, "a", "b")
+        .expect("live migration A -> B");
+    assert_eq!(lab.where_running(&vm.name).unwrap().as_deref(), Some("b"));
+    for site in sites {
+        assert_eq!(
+            answer(&cluster, site),
+            [addr_a.as_str()],
+            "{site} moved before the commit"
+        );
+    }
+    let committed = Instant::now();
+    let reply = cluster
+        .get("b")
+        .unwrap()
+        .propose(Command::SetVmLocation {
+            vm: vm.name.clone(),
+            site: "b".into(),
+            host: "b".into(),
+        })
+        .expect("the new location is committed");
+    let mut worst = Duration::ZERO;
+    for site in sites {
+        cluster
+            .get(site)
+            .unwrap()
+            .wait_applied(reply.index, Duration::from_secs(5))
+            .expect("applied everywhere");
+        worst = worst.max(wait_answer(&cluster, site, &addr_b, Duration::from_secs(2)));
+    }
+    eprintln!(
+        "migration {:.2} s; every appliance answered B {:?} after the commit (slowest poll {:?})",
+        migration.wall.as_secs_f64(),
+        committed.elapsed(),
+        worst
+    );
+    for site in sites {
+        assert_eq!(
+            answer(&cluster, site),
+            [addr_b.as_str()],
+            "{site} after the move"
+        );
+    }
+    let problems = lab.teardown();
+    assert!(problems.is_empty(), "teardown problems: {problems:?}");
+}
