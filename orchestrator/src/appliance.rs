@@ -24,6 +24,7 @@ use hinan_orchestrator::state::{Command, Health, NodeId, Proposal, VmCheck};
 use hinan_orchestrator::tls::{self, Identity};
 use hinan_orchestrator::transport::{self, Transport};
 use hinan_orchestrator::watch::StateFeed;
+use hinan_vpn::endpoint::{Endpoint, VpnEvent};
 use raft::prelude::Message;
 use ring::hmac;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -75,7 +76,7 @@ struct PendingReport {
 }
 
 /// Runs the appliance until it is killed.
-pub async fn run(cfg: Config) -> Result<()> {
+pub async fn run(cfg: Config, vpn: Option<hinan_vpn::config::Settings>) -> Result<()> {
     let me = cfg.appliance.id;
     let identity = Identity::load(&cfg.cluster.cert, &cfg.cluster.key)?;
     let secret = std::fs::read(&cfg.cluster.heartbeat_key).with_context(|| {
@@ -176,6 +177,20 @@ pub async fn run(cfg: Config) -> Result<()> {
         )?),
         None => None,
     };
+    // The campus's L2 VPN endpoint, whose MAC moves locate VMs.
+    let (vpn_tx, mut vpn_rx) = mpsc::unbounded_channel::<VpnEvent>();
+    let _vpn = match vpn {
+        Some(settings) => {
+            let tx = vpn_tx.clone();
+            Some(Endpoint::start(
+                settings,
+                Box::new(move |e| {
+                    let _ = tx.send(e);
+                }),
+            )?)
+        }
+        None => None,
+    };
     let mut raft_tick = tokio::time::interval(TICK);
     raft_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let origin = Instant::now();
@@ -218,6 +233,10 @@ pub async fn run(cfg: Config) -> Result<()> {
             }
             Some(call) = ctl_rx.recv() => {
                 shell.control(&mut replica, &health, &monitor, call);
+            }
+            Some(event) = vpn_rx.recv() => {
+                let VpnEvent::MacMoved { mac, from, to, .. } = event;
+                shell.mac_moved(&mut replica, &mac, &from, &to);
             }
             _ = tokio::time::sleep_until(check_deadline) => {
                 for req in monitor.due(origin.elapsed()) {
@@ -584,6 +603,46 @@ impl Shell<'_> {
         self.repropose(replica);
     }
 
+    /// The VPN's bridge saw `mac` move from port `from` to port `to`: at this
+    /// campus ("local") or behind the tunnel to a peer named after its site.
+    /// If it is a VM's MAC and the VM is recorded elsewhere, its new
+    /// location is committed (retried until it is). Returns what was done.
+    fn mac_moved(&mut self, replica: &mut Replica, mac: &str, from: &str, to: &str) -> String {
+        let site = if to == "local" {
+            self.cfg.appliance.site.clone()
+        } else {
+            to.to_owned()
+        };
+        let state = replica.state();
+        let Some(vm) = state.vms.values().find(|v| v.mac.eq_ignore_ascii_case(mac)) else {
+            return format!("MAC {mac} belongs to no VM");
+        };
+        if !state.sites.contains_key(&site) {
+            return format!("{} moved behind '{to}', which is no site", vm.id);
+        }
+        if vm.site == site {
+            return format!("{} is already at site {site}", vm.id);
+        }
+        let (id, from_site) = (vm.id.clone(), vm.site.clone());
+        self.record(
+            "vm-moved",
+            None,
+            None,
+            format!("{id} (MAC {mac}) moved from {from} to {to}: from site {from_site} to {site}"),
+        );
+        self.report(
+            format!("vm-location/{id}"),
+            Command::SetVmLocation {
+                vm: id.clone(),
+                site: site.clone(),
+                // The VPN sees the campus, not the hypervisor host.
+                host: String::new(),
+            },
+        );
+        self.repropose(replica);
+        format!("{id} now at site {site}: committing")
+    }
+
     fn control(
         &mut self,
         replica: &mut Replica,
@@ -678,6 +737,9 @@ impl Shell<'_> {
                         Err(e) => Response::err(e),
                     }
                 }
+            }
+            Request::VpnMacMoved { mac, from, to } => {
+                Response::ok(self.mac_moved(replica, &mac, &from, &to))
             }
             Request::Events { since } => {
                 let list: Vec<&EventRecord> =

@@ -60,6 +60,11 @@ pub struct Config {
     /// Authoritative DNS (`hinan_dns::config` documents the table); none if absent.
     #[serde(default)]
     pub dns: Option<hinan_dns::DnsConfig>,
+    /// The L2 VPN endpoint (`hinan_vpn::config` documents the table); none
+    /// if absent. Its peers are named after their sites, so that a MAC move
+    /// names the campus a VM went to.
+    #[serde(default)]
+    pub vpn: Option<hinan_vpn::config::VpnConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

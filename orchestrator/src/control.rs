@@ -44,6 +44,14 @@ pub enum Request {
         #[serde(default)]
         since: u64,
     },
+    /// The campus's L2 VPN saw `mac` move between bridge ports: `from`/`to`
+    /// are "local" (this campus's segment) or a VPN peer's name (its site).
+    /// A VM's MAC arriving at a campus commits the VM's new location.
+    VpnMacMoved {
+        mac: String,
+        from: String,
+        to: String,
+    },
 }
 
 /// How this appliance sees one peer.

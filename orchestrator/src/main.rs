@@ -100,6 +100,15 @@ fn call(socket: &Path, req: Request) -> Result<()> {
     Ok(())
 }
 
+/// The `[vpn]` table, checked, key files read relative to the config file.
+fn vpn_settings(cfg: &Config, path: &Path) -> Result<Option<hinan_vpn::config::Settings>> {
+    cfg.vpn
+        .as_ref()
+        .map(|v| v.resolve(path.parent()))
+        .transpose()
+        .with_context(|| format!("in {}", path.display()))
+}
+
 fn init_logging() {
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -141,7 +150,8 @@ fn main() -> Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(appliance::run(cfg))
+            let vpn = vpn_settings(&cfg, &cli.config)?;
+            rt.block_on(appliance::run(cfg, vpn))
         }
         Cmd::CheckConfig => {
             let cfg = Config::load(&cli.config)?;
@@ -157,6 +167,15 @@ fn main() -> Result<()> {
             if let Some(dns) = &cfg.dns {
                 hinan_dns::Authority::new(dns, &Default::default())?;
                 println!("dns: {} zones on {:?}", dns.zones.len(), dns.listen);
+            }
+            if let Some(vpn) = vpn_settings(&cfg, &cli.config)? {
+                println!(
+                    "vpn: {} on TAP {} from {}, {} peers",
+                    vpn.transport,
+                    vpn.tap,
+                    vpn.local,
+                    vpn.peers.len()
+                );
             }
             Ok(())
         }

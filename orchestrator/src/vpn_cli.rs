@@ -4,13 +4,14 @@
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
+use hinan_orchestrator::control::{self, Request};
 use hinan_vpn::config::{decode_key, encode_key, load_file};
-use hinan_vpn::endpoint::Endpoint;
+use hinan_vpn::endpoint::{Endpoint, VpnEvent};
 use hinan_vpn::session::{PublicKey, StaticSecret};
 
 #[derive(Debug, Subcommand)]
@@ -21,6 +22,11 @@ pub enum VpnCmd {
         /// Answer `hinan vpn status` on this Unix socket.
         #[arg(long)]
         status_socket: Option<PathBuf>,
+        /// Tell the appliance on this control socket of MAC moves (which
+        /// commit a VM's new location), as `hinan run` does with its own
+        /// `[vpn]` table.
+        #[arg(long)]
+        appliance_socket: Option<PathBuf>,
     },
     /// Print a running endpoint's peers and counters as JSON.
     Status {
@@ -35,7 +41,10 @@ pub enum VpnCmd {
 
 pub fn main(config: &Path, cmd: &VpnCmd) -> Result<()> {
     match cmd {
-        VpnCmd::Run { status_socket } => run(config, status_socket.as_deref()),
+        VpnCmd::Run {
+            status_socket,
+            appliance_socket,
+        } => run(config, status_socket.as_deref(), appliance_socket.clone()),
         VpnCmd::Status { status_socket } => {
             let mut stream = UnixStream::connect(status_socket).with_context(|| {
                 format!("no VPN endpoint answers on {}", status_socket.display())
@@ -82,13 +91,19 @@ fn block_signals() -> libc::sigset_t {
     }
 }
 
-fn run(config: &Path, status_socket: Option<&Path>) -> Result<()> {
+fn run(config: &Path, status_socket: Option<&Path>, appliance: Option<PathBuf>) -> Result<()> {
     let signals = block_signals();
     let settings = load_file(config)?;
-    let endpoint = Arc::new(Endpoint::start(
-        settings,
-        Box::new(|event| tracing::info!(?event, "vpn event")),
-    )?);
+    let events: Box<dyn Fn(VpnEvent) + Send + Sync> = match appliance {
+        Some(socket) => {
+            let tx = Mutex::new(forward_events(socket)?);
+            Box::new(move |event| {
+                let _ = tx.lock().map(|tx| tx.send(event));
+            })
+        }
+        None => Box::new(|_| {}),
+    };
+    let endpoint = Arc::new(Endpoint::start(settings, events)?);
     if let Some(path) = status_socket {
         serve_status(path, endpoint.clone())?;
     }
@@ -127,6 +142,25 @@ fn run(config: &Path, status_socket: Option<&Path>) -> Result<()> {
         Err(_) => bail!("endpoint still in use at shutdown"),
     }
     Ok(())
+}
+
+/// Hands MAC moves to the appliance's control socket, on a thread of their
+/// own so that a slow or absent appliance never holds up the VPN.
+fn forward_events(socket: PathBuf) -> Result<mpsc::Sender<VpnEvent>> {
+    let (tx, rx) = mpsc::channel::<VpnEvent>();
+    std::thread::Builder::new()
+        .name("vpn-events".into())
+        .spawn(move || {
+            for event in rx {
+                let VpnEvent::MacMoved { mac, from, to, .. } = event;
+                let req = Request::VpnMacMoved { mac, from, to };
+                match control::call(&socket, &req, Duration::from_secs(2)) {
+                    Ok(v) => tracing::info!(answer = %v, "appliance told of a MAC move"),
+                    Err(e) => tracing::warn!(socket = %socket.display(), "appliance not told of a MAC move: {e}"),
+                }
+            }
+        })?;
+    Ok(tx)
 }
 
 fn serve_status(path: &Path, endpoint: Arc<Endpoint>) -> Result<()> {

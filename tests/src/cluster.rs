@@ -141,6 +141,15 @@ pub fn hinan_binary() -> Result<PathBuf> {
     sys::workspace_binary("hinan", "HINAN_BIN", "hinan-orchestrator")
 }
 
+/// Where the appliance at `site` of the run in `run_dir` listens for
+/// control requests (the lab's VPN endpoints tell it of MAC moves there).
+pub fn control_socket(run_dir: &Path, site: &str) -> PathBuf {
+    run_dir
+        .join("hinan")
+        .join(format!("hinan-{site}"))
+        .join("control.sock")
+}
+
 /// The lab's appliances.
 #[derive(Debug, Clone)]
 pub struct Cluster {
@@ -224,7 +233,7 @@ impl Lab {
             apps.push(Appliance {
                 id: i as u64 + 1,
                 config: adir.join("hinan.toml"),
-                socket: adir.join("control.sock"),
+                socket: control_socket(&self.run.path, &site),
                 data_dir: adir.join("data"),
                 log: adir.join("hinan.log"),
                 name,

@@ -506,7 +506,8 @@ impl Lab {
         let sites = self.vpn_sites();
         vpn::write_mesh(&sites, &MeshOptions::new(link))?;
         for (site, c) in sites.iter().zip(&topo.campuses) {
-            let rec = vpn::start_endpoint(site, vpn::LAB_TAP)?;
+            let appliance = crate::cluster::control_socket(&self.run.path, &c.name);
+            let rec = vpn::start_endpoint(site, vpn::LAB_TAP, Some(&appliance))?;
             self.record(rec)?;
             c.ovs_vsctl(&["add-port", "br0", vpn::LAB_TAP])?;
         }

@@ -205,12 +205,13 @@ pub fn mesh_config(
 }
 
 /// Starts `hinan vpn run` at a site and waits for its TAP device. Returns
-/// the process record for the caller's manifest.
-pub fn start_endpoint(site: &VpnSite, tap: &str) -> Result<ProcRecord> {
+/// the process record for the caller's manifest. With `appliance`, the
+/// endpoint tells the appliance on that control socket of MAC moves.
+pub fn start_endpoint(site: &VpnSite, tap: &str, appliance: Option<&Path>) -> Result<ProcRecord> {
     let bin = hinan_bin()?;
     let config = site.config();
     let socket = site.status_socket();
-    let args: [&OsStr; 6] = [
+    let mut args: Vec<&OsStr> = vec![
         "-c".as_ref(),
         config.as_os_str(),
         "vpn".as_ref(),
@@ -218,6 +219,10 @@ pub fn start_endpoint(site: &VpnSite, tap: &str) -> Result<ProcRecord> {
         "--status-socket".as_ref(),
         socket.as_os_str(),
     ];
+    if let Some(appliance) = appliance {
+        args.push("--appliance-socket".as_ref());
+        args.push(appliance.as_os_str());
+    }
     let pid = sys::spawn_daemon_in(&site.ns, bin.as_os_str(), &args, &site.log())?;
     let rec = ProcRecord::of(&format!("vpn-{}", site.name), pid as i32).with_context(|| {
         format!(

@@ -44,7 +44,7 @@ fn tshark_decodes_hinans_raw_etherip_with_the_frame_inside() {
     let sites = lab.vpn_sites();
     vpn::write_mesh(&sites, &MeshOptions::new(SegmentLink::VpnRaw)).unwrap();
     for site in &sites {
-        let rec = vpn::start_endpoint(site, LAB_TAP).unwrap();
+        let rec = vpn::start_endpoint(site, LAB_TAP, None).unwrap();
         lab.record(rec).unwrap();
     }
     let (a, b) = (&sites[0], &sites[1]);
@@ -232,7 +232,7 @@ fn wireguard_go_and_hinan_handshake_and_carry_etherip_both_ways() {
     ip(&b.ns, &["addr", "add", "10.255.0.2/24", "dev", &wg_if]).unwrap();
     ip(&b.ns, &["link", "set", &wg_if, "up"]).unwrap();
 
-    let mut rec = vpn::start_endpoint(&a, LAB_TAP).unwrap();
+    let mut rec = vpn::start_endpoint(&a, LAB_TAP, None).unwrap();
     lab.record(rec.clone()).unwrap();
     tap_address(&a, "10.99.0.1/24");
 
@@ -324,7 +324,7 @@ fn wireguard_go_and_hinan_handshake_and_carry_etherip_both_ways() {
         || Ok(ip(&a.ns, &["link", "show", LAB_TAP]).is_err().then_some(())),
     )
     .unwrap();
-    rec = vpn::start_endpoint(&a, LAB_TAP).unwrap();
+    rec = vpn::start_endpoint(&a, LAB_TAP, None).unwrap();
     lab.record(rec).unwrap();
     tap_address(&a, "10.99.0.1/24");
     check_tun("hinan-initiated");

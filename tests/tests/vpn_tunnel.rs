@@ -18,7 +18,7 @@ fn vpn_lab(link: SegmentLink) -> (Lab, Vec<VpnSite>, Vec<hinan_lab::procs::ProcR
     vpn::write_mesh(&sites, &MeshOptions::new(link)).unwrap();
     let mut recs = Vec::new();
     for (i, site) in sites.iter().enumerate() {
-        let rec = vpn::start_endpoint(site, LAB_TAP).unwrap();
+        let rec = vpn::start_endpoint(site, LAB_TAP, None).unwrap();
         lab.record(rec.clone()).unwrap();
         recs.push(rec);
         ip(
