@@ -285,6 +285,27 @@ paths = { wan = "198.18.1.2", segment = "10.70.0.3" }
     }
 
     #[test]
+    fn the_vpn_table_rides_in_the_appliance_config_and_its_errors_name_the_line() {
+        let with_vpn = format!(
+            "{GOOD}\n[vpn]\ntap = \"hv0\"\ntransport = \"raw\"\nlocal = \"198.18.0.2\"\n\n\
+             [[vpn.peer]]\nname = \"b\"\nendpoint = \"198.18.1.2\"\n"
+        );
+        let c = Config::parse(&with_vpn, "hinan.toml").unwrap();
+        let vpn = c.vpn.expect("the [vpn] table").resolve(None).unwrap();
+        assert_eq!(vpn.peers[0].name, "b");
+        let bad = with_vpn.replace("endpoint =", "endpiont =");
+        let e = Config::parse(&bad, "hinan.toml").unwrap_err().to_string();
+        // toml names the peer's table (its header) or the key itself.
+        let line_of = |needle: &str| bad.lines().position(|l| l.contains(needle)).unwrap() + 1;
+        let (table, key) = (line_of("[[vpn.peer]]"), line_of("endpiont"));
+        assert!(
+            (e.contains(&format!("line {table},")) || e.contains(&format!("line {key},")))
+                && e.contains("endpiont"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn an_unknown_key_is_named_with_its_line() {
         let bad = GOOD.replace("site = \"a\"", "site = \"a\"\nsiet = \"b\"");
         let e = Config::parse(&bad, "hinan.toml").unwrap_err().to_string();

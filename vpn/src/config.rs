@@ -715,6 +715,16 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/vpn.toml");
+        let s = load_file(&path).unwrap();
+        assert_eq!(s.transport, TransportKind::Wireguard);
+        assert_eq!(s.peers.len(), 2);
+        assert_eq!(s.peers[1].persistent_keepalive, Some(25));
+        assert_eq!(encode_key(&s.private_key.unwrap()), KEY_A);
+    }
+
+    #[test]
     fn cidr_contains() {
         let c = Cidr::parse("198.18.2.0/24").unwrap();
         assert!(c.contains("198.18.2.77".parse().unwrap()));
