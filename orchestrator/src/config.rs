@@ -245,10 +245,12 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const GOOD: &str = r#"
+    /// A whole, valid appliance configuration (other modules' tests add
+    /// their tables to it).
+    pub(crate) const GOOD: &str = r#"
 [appliance]
 id = 1
 name = "hinan-a"

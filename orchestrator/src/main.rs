@@ -123,7 +123,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match &cli.command {
         Cmd::Dns { cmd: DnsCmd::Serve } => {
-            init_logs();
+            init_logging();
             let cfg = hinan_orchestrator::dns::load_dns_table(&cli.config)?;
             // Block the stop signals in every thread; this one waits for them.
             // SAFETY: plain signal-mask calls on a local, initialized sigset.
@@ -231,16 +231,6 @@ fn main() -> Result<()> {
             },
         ),
     }
-}
-
-fn init_logs() {
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
 }
 
 fn write_private(path: &Path, data: &[u8]) -> Result<()> {

@@ -131,6 +131,24 @@ fn hup(rec: &hinan_lab::procs::ProcRecord) {
     unsafe { libc::kill(rec.pid, libc::SIGHUP) };
 }
 
+type Pinger = std::thread::JoinHandle<anyhow::Result<hinan_lab::wan::PingStats>>;
+
+/// `count` pings from A to B, 20 ms apart, on a thread of their own.
+fn pings(a: &VpnSite, count: u32) -> Pinger {
+    let ns = a.ns.clone();
+    std::thread::spawn(move || {
+        hinan_lab::wan::ping(&ns, "10.99.0.2", count, Duration::from_millis(20))
+    })
+}
+
+/// Waits for the pings and returns how many were lost during `what`.
+fn lost_pings(pinger: Pinger, what: &str) -> u32 {
+    let stats = pinger.join().unwrap().unwrap();
+    let lost = stats.sent - stats.received;
+    eprintln!("{what}: {lost} of {} pings lost", stats.sent);
+    lost
+}
+
 #[test]
 fn key_rotation_on_reload_keeps_the_tunnel_up() {
     let (mut lab, sites, recs) = vpn_lab(SegmentLink::VpnWireGuard);
@@ -142,12 +160,7 @@ fn key_rotation_on_reload_keeps_the_tunnel_up() {
     let old_public = vpn::status(&a).unwrap()["public_key"].clone();
 
     // 200 pings, 20 ms apart, span both reloads.
-    let pinger = {
-        let ns = a.ns.clone();
-        std::thread::spawn(move || {
-            hinan_lab::wan::ping(&ns, "10.99.0.2", 200, Duration::from_millis(20))
-        })
-    };
+    let pinger = pings(&a, 200);
     std::thread::sleep(Duration::from_millis(500));
     let new = vpn::keypair().unwrap();
     // A rotates first; B still knows A's old key for a second.
@@ -156,7 +169,7 @@ fn key_rotation_on_reload_keeps_the_tunnel_up() {
     std::thread::sleep(Duration::from_secs(1));
     set_line(&b, "public_key", &new.public);
     hup(&recs[1]);
-    let stats = pinger.join().unwrap().unwrap();
+    let lost = lost_pings(pinger, "the rotation");
 
     let status_a = vpn::status(&a).unwrap();
     let status_b = vpn::status(&b).unwrap();
@@ -190,16 +203,9 @@ fn key_rotation_on_reload_keeps_the_tunnel_up() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    eprintln!(
-        "rotation: {} of {} pings lost",
-        stats.sent - stats.received,
-        stats.sent
-    );
     assert!(
-        stats.sent - stats.received <= 4,
-        "the rotation dropped the tunnel: {} of {} pings lost",
-        stats.sent - stats.received,
-        stats.sent
+        lost <= 4,
+        "the rotation dropped the tunnel: {lost} pings lost"
     );
     // Once the rotation completes, A's previous session is gone.
     sys::wait_for(
@@ -212,12 +218,7 @@ fn key_rotation_on_reload_keeps_the_tunnel_up() {
 
     // A second rotation in which A changes its key twice before B hears of
     // either: the session still in use must survive the intermediate key.
-    let pinger = {
-        let ns = a.ns.clone();
-        std::thread::spawn(move || {
-            hinan_lab::wan::ping(&ns, "10.99.0.2", 150, Duration::from_millis(20))
-        })
-    };
+    let pinger = pings(&a, 150);
     std::thread::sleep(Duration::from_millis(300));
     let middle = vpn::keypair().unwrap();
     set_line(&a, "private_key", &middle.private);
@@ -229,17 +230,10 @@ fn key_rotation_on_reload_keeps_the_tunnel_up() {
     std::thread::sleep(Duration::from_millis(500));
     set_line(&b, "public_key", &last.public);
     hup(&recs[1]);
-    let stats = pinger.join().unwrap().unwrap();
-    eprintln!(
-        "double rotation: {} of {} pings lost",
-        stats.sent - stats.received,
-        stats.sent
-    );
+    let lost = lost_pings(pinger, "the double rotation");
     assert!(
-        stats.sent - stats.received <= 4,
-        "the double rotation dropped the tunnel: {} of {} pings lost",
-        stats.sent - stats.received,
-        stats.sent
+        lost <= 4,
+        "the double rotation dropped the tunnel: {lost} pings lost"
     );
     sys::wait_for(
         "the second rotation to complete",
