@@ -293,11 +293,6 @@ fn bench_dns(spec: dnsbench::DnsBenchSpec, json: Option<PathBuf>) -> Result<()> 
         "p99: nearest rank over every answer of each round's separate `dnsperf -v` run, median over rounds; {}",
         report.dnsperf
     );
-    println!("total {:.0} s", started.elapsed().as_secs_f64());
-    if let Some(path) = json {
-        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
-        println!("raw results: {}", path.display());
-    }
     let failed: Vec<String> = report
         .rows
         .iter()
@@ -311,13 +306,33 @@ fn bench_dns(spec: dnsbench::DnsBenchSpec, json: Option<PathBuf>) -> Result<()> 
                 })
         })
         .collect();
+    finish(
+        started,
+        json,
+        &report,
+        "servers could not be measured (or answered wrongly)",
+        report.rows.len(),
+        failed,
+    )
+}
+
+/// The end of a peer benchmark: its time, its JSON, and an error naming
+/// the rows that could not be measured (after the others were printed).
+fn finish<T: serde::Serialize>(
+    started: Instant,
+    json: Option<PathBuf>,
+    report: &T,
+    what: &str,
+    rows: usize,
+    failed: Vec<String>,
+) -> Result<()> {
+    println!("total {:.0} s", started.elapsed().as_secs_f64());
+    if let Some(path) = json {
+        std::fs::write(&path, serde_json::to_vec_pretty(report)?)?;
+        println!("raw results: {}", path.display());
+    }
     if !failed.is_empty() {
-        bail!(
-            "{} of {} servers could not be measured (or answered wrongly):\n{}",
-            failed.len(),
-            report.rows.len(),
-            failed.join("\n")
-        );
+        bail!("{} of {rows} {what}:\n{}", failed.len(), failed.join("\n"));
     }
     Ok(())
 }
@@ -378,25 +393,19 @@ fn bench_vpn(spec: vpnbench::VpnBenchSpec, json: Option<PathBuf>) -> Result<()> 
         "64B frames: iperf3 UDP, {}-byte payload, -b 0; pps = (sent - lost) / duration; {}",
         report.small_payload, report.iperf3
     );
-    println!("total {:.0} s", started.elapsed().as_secs_f64());
-    if let Some(path) = json {
-        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
-        println!("raw results: {}", path.display());
-    }
     let failed: Vec<String> = report
         .rows
         .iter()
         .filter_map(|r| r.error.as_ref().map(|e| format!("{}: {e}", r.tunnel)))
         .collect();
-    if !failed.is_empty() {
-        bail!(
-            "{} of {} rows could not be measured:\n{}",
-            failed.len(),
-            report.rows.len(),
-            failed.join("\n")
-        );
-    }
-    Ok(())
+    finish(
+        started,
+        json,
+        &report,
+        "rows could not be measured",
+        report.rows.len(),
+        failed,
+    )
 }
 
 fn bench_keepalived(
