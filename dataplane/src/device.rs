@@ -38,6 +38,19 @@ pub trait FrameDevice {
         self.mtu() + ETHERNET_HEADER_LEN + VLAN_TAG_LEN
     }
 
+    /// Refuses a frame longer than [`max_frame_len`](Self::max_frame_len).
+    fn check_frame_len(&self, frame: &[u8]) -> Result<(), DeviceError> {
+        let max = self.max_frame_len();
+        if frame.len() > max {
+            return Err(DeviceError::FrameTooLong {
+                len: frame.len(),
+                max,
+                mtu: self.mtu(),
+            });
+        }
+        Ok(())
+    }
+
     /// Sends one frame. `Ok` means the device took it, not that it arrived.
     fn send(&mut self, frame: &[u8]) -> Result<(), DeviceError>;
 
@@ -78,14 +91,7 @@ impl FrameDevice for MemoryDevice {
     }
 
     fn send(&mut self, frame: &[u8]) -> Result<(), DeviceError> {
-        let max = self.max_frame_len();
-        if frame.len() > max {
-            return Err(DeviceError::FrameTooLong {
-                len: frame.len(),
-                max,
-                mtu: self.mtu,
-            });
-        }
+        self.check_frame_len(frame)?;
         self.tx
             .send(frame.to_vec())
             .map_err(|_| DeviceError::Disconnected)

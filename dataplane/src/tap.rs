@@ -598,14 +598,7 @@ impl FrameDevice for Tap {
     }
 
     fn send(&mut self, frame: &[u8]) -> Result<(), DeviceError> {
-        let max = self.max_frame_len();
-        if frame.len() > max {
-            return Err(DeviceError::FrameTooLong {
-                len: frame.len(),
-                max,
-                mtu: self.mtu,
-            });
-        }
+        self.check_frame_len(frame)?;
         self.write_frame(frame)
             .map_err(|_| DeviceError::Disconnected)
     }

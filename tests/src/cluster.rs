@@ -13,7 +13,9 @@ use anyhow::{Context, Result};
 use hinan_orchestrator::control::{
     self, AppliedReply, EventRecord, ProposeReply, Request, StatusReply,
 };
-use hinan_orchestrator::state::{ClusterState, Command as StateCommand};
+use hinan_orchestrator::state::{
+    ClusterState, Command as StateCommand, Site, StorageMode, Vm, VmCheck,
+};
 
 use crate::lab::Lab;
 use crate::procs::ProcRecord;
@@ -101,6 +103,34 @@ impl Appliance {
             timeout_ms: Some(5000),
         };
         self.ask(req, Duration::from_secs(10))
+    }
+
+    /// Commits the lab's sites (campuses A and B, witness W) and the guest
+    /// `vm` running at campus A with `storage`.
+    pub fn register_lab_vm(
+        &self,
+        vm: &crate::VmSpec,
+        storage: StorageMode,
+    ) -> Result<ProposeReply> {
+        for site in ["a", "b", "w"] {
+            self.propose(StateCommand::PutSite(Site {
+                id: site.into(),
+                location: None,
+                witness: site == "w",
+            }))
+            .with_context(|| format!("registering site {site}"))?;
+        }
+        self.propose(StateCommand::PutVm(Vm {
+            id: vm.name.clone(),
+            mac: vm.mac.clone(),
+            ip: vm.ip.to_string(),
+            priority: 1,
+            site: "a".into(),
+            host: "a".into(),
+            storage,
+            check: VmCheck::default(),
+        }))
+        .with_context(|| format!("registering VM {}", vm.name))
     }
 
     /// Waits for an event of `kind` about `peer` (any peer if `None`) recorded after `since`.

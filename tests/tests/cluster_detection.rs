@@ -16,7 +16,7 @@ use hinan_lab::probe::http_get;
 use hinan_lab::stats::{median, percentile};
 use hinan_lab::wan::{self, WanState};
 use hinan_lab::{guest, Lab, LabSpec, VmSpec};
-use hinan_orchestrator::state::{Command, Site, StorageMode, Vm, VmCheck};
+use hinan_orchestrator::state::StorageMode;
 
 #[test]
 fn site_and_link_faults_and_p1_p2_monitors() {
@@ -97,25 +97,8 @@ fn site_and_link_faults_and_p1_p2_monitors() {
     cluster
         .wait_leader(&["a", "b", "w"], Duration::from_secs(10))
         .unwrap();
-    for site in ["a", "b", "w"] {
-        a.propose(Command::PutSite(Site {
-            id: site.into(),
-            location: None,
-            witness: site == "w",
-        }))
-        .expect("site registered");
-    }
-    a.propose(Command::PutVm(Vm {
-        id: vm.name.clone(),
-        mac: vm.mac.clone(),
-        ip: vm.ip.to_string(),
-        priority: 1,
-        site: "a".into(),
-        host: "a".into(),
-        storage: StorageMode::Local,
-        check: VmCheck::default(),
-    }))
-    .expect("VM registered");
+    a.register_lab_vm(&vm, StorageMode::Local)
+        .expect("sites and VM registered");
     let watchers = || -> Vec<String> {
         [&a, &b, &w]
             .iter()

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use hinan_lab::cluster::Cluster;
 use hinan_lab::{guest, sys, Lab, LabSpec, VmSpec};
-use hinan_orchestrator::state::{Command, Service, Site, StorageMode, Vm, VmCheck};
+use hinan_orchestrator::state::{Command, Service, StorageMode};
 
 const NAME: &str = "lms.univ-a.example";
 
@@ -85,25 +85,8 @@ fn a_live_migration_changes_the_answer_at_every_appliance_once_the_vpn_sees_it()
 
     // Publish the LMS: its VM at A, a public address at each campus.
     let a = cluster.get("a").unwrap();
-    for (id, witness) in [("a", false), ("b", false), ("w", true)] {
-        a.propose(Command::PutSite(Site {
-            id: id.into(),
-            location: None,
-            witness,
-        }))
-        .expect("site committed");
-    }
-    a.propose(Command::PutVm(Vm {
-        id: vm.name.clone(),
-        mac: vm.mac.clone(),
-        ip: vm.ip.to_string(),
-        priority: 1,
-        site: "a".into(),
-        host: "a".into(),
-        storage: StorageMode::Shared,
-        check: VmCheck::default(),
-    }))
-    .expect("VM committed");
+    a.register_lab_vm(&vm, StorageMode::Shared)
+        .expect("sites and VM committed");
     a.propose(Command::PutService(Service {
         hostname: NAME.into(),
         vm: vm.name.clone(),
