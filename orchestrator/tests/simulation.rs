@@ -236,6 +236,14 @@ mod detection {
 
     const VMS: [&str; 6] = ["lms1", "lms2", "lms3", "lms4", "lms5", "lms6"];
 
+    /// The appliances watching `vm` now.
+    fn active_watchers(sim: &Sim, vm: &str) -> Vec<u64> {
+        sim.ids()
+            .into_iter()
+            .filter(|&n| sim.is_watching(n, vm))
+            .collect()
+    }
+
     fn site_down_at(sim: &Sim, observer: u64, peer: u64, after: u64) -> Option<u64> {
         sim.detections
             .iter()
@@ -261,11 +269,7 @@ mod detection {
             // Every VM has exactly one active watcher, its P1.
             for vm in VMS {
                 let w = sim.watchers_of(vm).unwrap();
-                let active: Vec<u64> = sim
-                    .ids()
-                    .into_iter()
-                    .filter(|&n| sim.is_watching(n, vm))
-                    .collect();
+                let active = active_watchers(&sim, vm);
                 assert_eq!(
                     active,
                     vec![w.p1],
@@ -326,11 +330,7 @@ mod detection {
             sim.run_until(sim.now_ms() + 3_000).unwrap();
             for vm in VMS {
                 let w = sim.watchers_of(vm).unwrap();
-                let active: Vec<u64> = sim
-                    .ids()
-                    .into_iter()
-                    .filter(|&n| sim.is_watching(n, vm))
-                    .collect();
+                let active = active_watchers(&sim, vm);
                 assert_eq!(
                     active,
                     vec![w.p1],
