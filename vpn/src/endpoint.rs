@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
-use boringtun::noise::Packet;
+use boringtun::noise::{Packet, Tunn};
 use hinan_dataplane::bridge::{
     Bridge, BridgeConfig, BridgeEvent, FloodLimit, PortCounters, PortId, TunnelConfig, TunnelId,
 };
@@ -292,8 +292,8 @@ impl PeerTable {
             .find(|p| p.endpoint().map(|e| e.ip()) == Some(from))
             .or_else(|| {
                 self.by_id.values().find(|p| {
-                    !read(&p.config).allowed_sources.is_empty()
-                        && read(&p.config).accepts_source(from)
+                    let config = read(&p.config);
+                    !config.allowed_sources.is_empty() && config.accepts_source(from)
                 })
             })
     }
@@ -1145,16 +1145,20 @@ fn wg_route(
     datagram: &[u8],
     out: &mut [u8],
 ) -> Option<(Arc<PeerState>, u8)> {
-    // mac1 and, under load, the cookie are checked before any expensive
-    // key agreement, as boringtun's own device does.
-    let limiter = read(&shared.limiter).clone();
-    let packet = match limiter.verify_packet(Some(from.ip()), datagram, out) {
-        Ok(packet) => packet,
-        Err(boringtun::noise::TunnResult::WriteToNetwork(cookie)) => {
-            let _ = shared.socket.send_to(&[cookie], from);
-            return None;
+    // Handshakes: mac1 and, under load, the cookie are checked before any
+    // expensive key agreement, as boringtun's own device does. The limiter
+    // checks nothing else, so data and cookie replies skip it.
+    let packet = if matches!(datagram.first(), Some(&MSG_INIT) | Some(&MSG_RESPONSE)) {
+        match read(&shared.limiter).verify_packet(Some(from.ip()), datagram, out) {
+            Ok(packet) => packet,
+            Err(boringtun::noise::TunnResult::WriteToNetwork(cookie)) => {
+                let _ = shared.socket.send_to(&[cookie], from);
+                return None;
+            }
+            Err(_) => return None,
         }
-        Err(_) => return None,
+    } else {
+        Tunn::parse_incoming_packet(datagram).ok()?
     };
     match packet {
         Packet::HandshakeInit(init) => {
