@@ -1,6 +1,6 @@
 //! Requests on the control socket.
 #![no_main]
-use hinan_orchestrator::control::Request;
+use hinan_orchestrator::shell::control::Request;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,6 +1,6 @@
 //! Heartbeats arrive from the network before they are authenticated.
 #![no_main]
-use hinan_orchestrator::detect::wire::{HeartbeatPacket, HeartbeatRepr};
+use hinan_orchestrator::core::detect::wire::{HeartbeatPacket, HeartbeatRepr};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,5 +3,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    hinan_orchestrator::checks::fuzz_untrusted(data);
+    hinan_orchestrator::shell::checks::fuzz_untrusted(data);
 });

@@ -3,5 +3,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = hinan_orchestrator::replica::decode_message(data);
+    let _ = hinan_orchestrator::core::replica::decode_message(data);
 });

@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::state::NodeId;
+use crate::core::state::NodeId;
 
 /// A configuration error an operator can act on.
 #[derive(Debug, thiserror::Error)]

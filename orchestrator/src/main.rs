@@ -1,7 +1,5 @@
 //! The `hinan` appliance binary. A thin main: parsing and wiring only.
 
-mod appliance;
-mod heartbeat;
 mod vpn_cli;
 
 use std::path::{Path, PathBuf};
@@ -10,8 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use hinan_orchestrator::config::Config;
-use hinan_orchestrator::control::{self, Request};
-use hinan_orchestrator::state::Command as StateCommand;
+use hinan_orchestrator::core::state::Command as StateCommand;
+use hinan_orchestrator::shell::control::{self, Request};
 
 /// hinan: network-layer failover appliance for campus private clouds.
 #[derive(Debug, Parser)]
@@ -124,7 +122,7 @@ fn main() -> Result<()> {
     match &cli.command {
         Cmd::Dns { cmd: DnsCmd::Serve } => {
             init_logging();
-            let cfg = hinan_orchestrator::dns::load_dns_table(&cli.config)?;
+            let cfg = hinan_orchestrator::shell::dns::load_dns_table(&cli.config)?;
             // Block the stop signals in every thread; this one waits for them.
             // SAFETY: plain signal-mask calls on a local, initialized sigset.
             let signal = unsafe {
@@ -136,7 +134,7 @@ fn main() -> Result<()> {
                 set
             };
             let server = hinan_dns::DnsServer::start(&cfg)?;
-            server.update(&hinan_orchestrator::dns::static_view(&cfg));
+            server.update(&hinan_orchestrator::adapt::dns::static_view(&cfg));
             let mut sig: libc::c_int = 0;
             // SAFETY: sigwait on the set blocked above.
             unsafe { libc::sigwait(&signal, &mut sig) };
@@ -151,7 +149,7 @@ fn main() -> Result<()> {
                 .enable_all()
                 .build()?;
             let vpn = vpn_settings(&cfg, &cli.config)?;
-            rt.block_on(appliance::run(cfg, vpn))
+            rt.block_on(hinan_orchestrator::shell::appliance::run(cfg, vpn))
         }
         Cmd::CheckConfig => {
             let cfg = Config::load(&cli.config)?;
@@ -180,7 +178,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Keygen { name, out_dir } => {
-            let (cert, key, pin) = hinan_orchestrator::tls::keygen(name)?;
+            let (cert, key, pin) = hinan_orchestrator::shell::tls::keygen(name)?;
             std::fs::create_dir_all(out_dir)?;
             let cert_path = out_dir.join(format!("{name}.crt"));
             let key_path = out_dir.join(format!("{name}.key"));

@@ -9,13 +9,13 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use raft::prelude::Message;
 
-use crate::detect::{Detector, DetectorConfig, DetectorEvent, PathId, PeerHealth};
-use crate::logstore::LogStore;
-use crate::monitor::{
+use crate::core::detect::{Detector, DetectorConfig, DetectorEvent, PathId, PeerHealth};
+use crate::core::monitor::{
     assign_watchers, Monitor, MonitorConfig, MonitorEvent, ServiceCheck, VmTarget,
 };
-use crate::replica::{Output, ProposalId, Replica, ELECTION_TICKS, TICK};
-use crate::state::{Command, NodeId, Proposal};
+use crate::core::replica::{Output, ProposalId, Replica, ELECTION_TICKS, TICK};
+use crate::core::state::{Command, NodeId, Proposal};
+use crate::shell::logstore::LogStore;
 
 /// A small seeded PRNG (xorshift64*), so schedules replay without a rand crate.
 #[derive(Debug, Clone)]
@@ -241,7 +241,7 @@ impl Sim {
     }
 
     /// The P1 and P2 of `vm`, as every node computes them.
-    pub fn watchers_of(&self, vm: &str) -> Option<crate::monitor::Watchers> {
+    pub fn watchers_of(&self, vm: &str) -> Option<crate::core::monitor::Watchers> {
         let vms = self.vms.clone()?;
         assign_watchers(&vms, &self.ids()).remove(vm)
     }
@@ -532,7 +532,7 @@ impl Sim {
             self.stats.dropped += 1;
             return Ok(());
         };
-        let msg = crate::replica::decode_message(&m.bytes).map_err(|e| Violation {
+        let msg = crate::core::replica::decode_message(&m.bytes).map_err(|e| Violation {
             seed: self.seed,
             at_ms: self.now_ms,
             what: format!("undecodable message: {e}"),
@@ -628,7 +628,7 @@ impl Sim {
             at_ms: self.now_ms + delay,
             seq: self.seq,
             heartbeat: false,
-            bytes: crate::replica::encode_message(&msg),
+            bytes: crate::core::replica::encode_message(&msg),
             from,
             to,
         }));

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
-use hinan_orchestrator::control::{self, Request};
+use hinan_orchestrator::shell::control::{self, Request};
 use hinan_vpn::config::{decode_key, encode_key, load_file};
 use hinan_vpn::endpoint::{Endpoint, VpnEvent};
 use hinan_vpn::session::{PublicKey, StaticSecret};

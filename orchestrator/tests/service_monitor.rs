@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hinan_orchestrator::checks::run_check;
-use hinan_orchestrator::monitor::{
+use hinan_orchestrator::core::monitor::{
     CheckKind, FailureReason, Monitor, MonitorConfig, MonitorEvent, ServiceCheck, VmTarget,
     Watchers,
 };
+use hinan_orchestrator::shell::checks::run_check;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::time::{sleep_until, Instant};

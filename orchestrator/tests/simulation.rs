@@ -232,7 +232,7 @@ fn voters_are_removed_and_added_at_run_time() {
 
 mod detection {
     use super::*;
-    use hinan_orchestrator::detect::DetectorEvent;
+    use hinan_orchestrator::core::detect::DetectorEvent;
 
     const VMS: [&str; 6] = ["lms1", "lms2", "lms3", "lms4", "lms5", "lms6"];
 

@@ -36,8 +36,7 @@ use std::time::Duration;
 
 pub use wire::{HeartbeatPacket, HeartbeatRepr, WireError};
 
-/// An appliance in the cluster.
-pub type NodeId = u64;
+pub use crate::core::state::NodeId;
 
 /// One network path between two appliances.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

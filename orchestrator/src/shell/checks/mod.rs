@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
-use crate::monitor::{CheckKind, ServiceCheck, VmId, VmTarget};
+use crate::core::monitor::{CheckKind, ServiceCheck, VmId, VmTarget};
 
 /// Why one check failed.
 #[derive(Debug, Error)]
@@ -62,7 +62,7 @@ pub struct CheckOutcome {
 }
 
 impl CheckOutcome {
-    /// What [`crate::monitor::Monitor::on_result`] takes.
+    /// What [`crate::core::monitor::Monitor::on_result`] takes.
     pub fn is_ok(&self) -> bool {
         self.result.is_ok()
     }
@@ -486,7 +486,7 @@ impl RawIcmpSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::monitor::MonitorConfig;
+    use crate::core::monitor::MonitorConfig;
     use std::sync::Arc;
     use tokio::net::TcpListener;
     use tokio::sync::Mutex;

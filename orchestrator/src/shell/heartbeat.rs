@@ -9,13 +9,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::config::Config;
+use crate::core::detect::wire::{HeartbeatPacket, HeartbeatRepr, PACKET_LEN};
+use crate::core::detect::{Damping, Detector, DetectorConfig, DetectorEvent, PathId, PeerHealth};
+use crate::core::state::NodeId;
 use anyhow::{Context, Result};
-use hinan_orchestrator::config::Config;
-use hinan_orchestrator::detect::wire::{HeartbeatPacket, HeartbeatRepr, PACKET_LEN};
-use hinan_orchestrator::detect::{
-    Damping, Detector, DetectorConfig, DetectorEvent, PathId, PeerHealth,
-};
-use hinan_orchestrator::state::NodeId;
 use ring::hmac;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;

@@ -16,8 +16,8 @@ use raft::prelude::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, Mes
 use raft::{Config, RawNode, StateRole};
 use serde::{Deserialize, Serialize};
 
-use crate::logstore::{LogStore, LogStoreError};
-use crate::state::{ClusterState, NodeId, Proposal, StateChange};
+use crate::core::state::{ClusterState, NodeId, Proposal, StateChange};
+use crate::shell::logstore::{LogStore, LogStoreError};
 
 /// Raft timing, in ticks. The shell ticks every [`TICK`].
 pub const TICK: std::time::Duration = std::time::Duration::from_millis(50);

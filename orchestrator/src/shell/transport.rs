@@ -15,9 +15,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::replica::{decode_message, encode_message};
-use crate::state::NodeId;
-use crate::tls::{self, Identity, Pin};
+use crate::core::replica::{decode_message, encode_message};
+use crate::core::state::NodeId;
+use crate::shell::tls::{self, Identity, Pin};
 
 /// Largest frame taken from a peer.
 const MAX_FRAME: usize = 16 << 20;

@@ -1,5 +1,5 @@
 //! The DNS adapter: what the authoritative DNS answers, as a pure function of
-//! the replicated state, and the task that keeps the server following it.
+//! the replicated state. [`crate::shell::dns`] runs the server that follows it.
 //!
 //! The answer rule ([`service_view`]): a service's A/AAAA records are the
 //! public address, at the campus where its VM runs now, if that campus is up.
@@ -8,12 +8,10 @@
 //! answer is the configured fallback, or no record at all: never a dead address.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
-use hinan_dns::{DnsConfig, DnsServer, ServiceAnswer, ServiceView};
+use hinan_dns::{DnsConfig, ServiceAnswer, ServiceView};
 
-use crate::state::{ClusterState, Health};
-use crate::watch::StateWatch;
+use crate::core::state::{ClusterState, Health};
 
 /// Whether campus `site` counts as up in `state`.
 pub fn site_is_up(state: &ClusterState, site: &str) -> bool {
@@ -87,74 +85,10 @@ pub fn static_view(cfg: &DnsConfig) -> ServiceView {
     }
 }
 
-/// The `[dns]` table of a configuration file, alone (for `hinan dns serve`,
-/// whose file may be an appliance configuration or hold only `[dns]`).
-pub fn load_dns_table(path: &std::path::Path) -> anyhow::Result<DnsConfig> {
-    use anyhow::Context;
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut table: toml::Table =
-        toml::from_str(&text).with_context(|| format!("{}: not TOML", path.display()))?;
-    let dns = table
-        .remove("dns")
-        .with_context(|| format!("{}: no [dns] table", path.display()))?;
-    dns.try_into()
-        .with_context(|| format!("{}: [dns]", path.display()))
-}
-
-/// Starts the DNS server and a task that follows `watch`. Serials are kept
-/// in `data_dir/dns-serials` unless the configuration names a serial file.
-/// Operators' records changed by an update here are proposed to the cluster
-/// through the control socket, so that every appliance answers them.
-pub fn start(
-    cfg: &DnsConfig,
-    data_dir: &std::path::Path,
-    control_socket: &std::path::Path,
-    mut watch: StateWatch,
-) -> anyhow::Result<Arc<DnsServer>> {
-    let mut cfg = cfg.clone();
-    if cfg.serial_file.is_none() {
-        cfg.serial_file = Some(data_dir.join("dns-serials"));
-    }
-    let cfg = &cfg;
-    let server = Arc::new(DnsServer::start(cfg)?);
-    let socket = control_socket.to_path_buf();
-    server.on_record_changes(Box::new(move |zone, records| {
-        let socket = socket.clone();
-        let propose = move || {
-            let req = crate::control::Request::Propose {
-                command: crate::state::Command::SetZoneRecords {
-                    zone: zone.clone(),
-                    records,
-                },
-                timeout_ms: Some(5000),
-            };
-            match crate::control::call(&socket, &req, std::time::Duration::from_secs(10)) {
-                Ok(_) => tracing::info!(%zone, "operators' DNS records committed"),
-                Err(e) => tracing::warn!(%zone, "operators' DNS records not replicated: {e:#}"),
-            }
-        };
-        if let Err(e) = std::thread::Builder::new()
-            .name("dns-replicate".into())
-            .spawn(propose)
-        {
-            tracing::warn!("cannot replicate a DNS update: {e}");
-        }
-    }));
-    server.update(&service_view(&watch.current(), cfg));
-    let (s, cfg) = (server.clone(), cfg.clone());
-    tokio::spawn(async move {
-        while let Some(state) = watch.changed().await {
-            s.update(&service_view(&state, &cfg));
-        }
-    });
-    Ok(server)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{Command, Proposal, Service, Site, StorageMode, Vm, VmCheck};
+    use crate::core::state::{Command, Proposal, Service, Site, StorageMode, Vm, VmCheck};
 
     fn cfg(fallback: &[&str]) -> DnsConfig {
         let text = format!(
@@ -324,7 +258,7 @@ mod tests {
         .zones;
         let mut auth = hinan_dns::Authority::new(&c, &Default::default()).unwrap();
         auth.apply_view(&service_view(s, &c));
-        let catalog = hinan_dns::catalog::catalog(Arc::new(std::sync::Mutex::new(auth)));
+        let catalog = hinan_dns::catalog::catalog(std::sync::Arc::new(std::sync::Mutex::new(auth)));
         let mut m = Message::new(1, MessageType::Query, OpCode::Query);
         m.add_query(Query::query(
             Name::from_ascii("lms.univ-a.example.").unwrap(),
@@ -359,41 +293,5 @@ mod tests {
         assert_eq!(through_catalog(&s, &c).await, vec!["192.0.2.80"]);
         report(&mut s, 2, "a", Health::Down);
         assert!(through_catalog(&s, &cfg(&[])).await.is_empty());
-    }
-
-    #[test]
-    fn an_appliance_config_carries_the_dns_table_and_its_errors_name_the_line() {
-        let base = crate::config::tests::GOOD.to_owned()
-            + r#"
-[dns]
-listen = ["198.18.0.2:53"]
-
-[[dns.zone]]
-origin = "univ-a.example"
-ns = ["ns1.univ-a.example"]
-"#;
-        let c = crate::config::Config::parse(&base, "hinan.toml").unwrap();
-        let dns = c.dns.expect("the [dns] table");
-        assert_eq!(dns.zones[0].origin, "univ-a.example");
-        assert_eq!(dns.service_ttl, 10);
-        let bad = base.replace("ns = [", "nss = [");
-        let e = crate::config::Config::parse(&bad, "hinan.toml")
-            .unwrap_err()
-            .to_string();
-        let line = bad.lines().position(|l| l.starts_with("nss")).unwrap() + 1;
-        assert!(
-            e.contains(&format!("line {line},")) && e.contains("nss"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn the_example_dns_config_parses() {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dns/examples/dns.toml");
-        let c = load_dns_table(&path).unwrap();
-        hinan_dns::Authority::new(&c, &Default::default()).unwrap();
-        assert_eq!(c.service_ttl, 10);
-        assert_eq!(c.rrl.responses_per_second, 0, "RRL is off by default");
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::state::ClusterState;
+use crate::core::state::ClusterState;
 
 /// The appliance's side: publishes every newly applied state.
 #[derive(Debug)]
@@ -65,7 +65,7 @@ impl StateWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{Command, Proposal, Site};
+    use crate::core::state::{Command, Proposal, Site};
 
     fn site(id: &str) -> Proposal {
         Proposal {

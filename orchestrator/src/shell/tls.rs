@@ -17,7 +17,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
-use crate::state::NodeId;
+use crate::core::state::NodeId;
 
 /// TLS setup errors.
 #[derive(Debug, thiserror::Error)]

@@ -7,23 +7,21 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 
-use crate::heartbeat::HealthView;
-use hinan_orchestrator::config::Config;
-use hinan_orchestrator::control::{
-    AppliedReply, EventRecord, PeerView, ProposeReply, Request, Response, StatusReply,
-};
-use hinan_orchestrator::detect::{DetectorEvent, PathId, PeerHealth};
-use hinan_orchestrator::logstore::LogStore;
-use hinan_orchestrator::monitor::{
+use crate::config::Config;
+use crate::core::detect::{DetectorEvent, PathId, PeerHealth};
+use crate::core::monitor::{
     assign_watchers, CheckKind, Monitor, MonitorConfig, MonitorEvent, ServiceCheck, VmTarget,
 };
-use hinan_orchestrator::replica::{
-    Output, ProposalId, ProposeError, Replica, ELECTION_TICKS, TICK,
+use crate::core::replica::{Output, ProposalId, ProposeError, Replica, ELECTION_TICKS, TICK};
+use crate::core::state::{Command, Health, NodeId, Proposal, VmCheck};
+use crate::shell::control::{
+    AppliedReply, EventRecord, PeerView, ProposeReply, Request, Response, StatusReply,
 };
-use hinan_orchestrator::state::{Command, Health, NodeId, Proposal, VmCheck};
-use hinan_orchestrator::tls::{self, Identity};
-use hinan_orchestrator::transport::{self, Transport};
-use hinan_orchestrator::watch::StateFeed;
+use crate::shell::heartbeat::HealthView;
+use crate::shell::logstore::LogStore;
+use crate::shell::tls::{self, Identity};
+use crate::shell::transport::{self, Transport};
+use crate::shell::watch::StateFeed;
 use hinan_vpn::endpoint::{Endpoint, VpnEvent};
 use raft::prelude::Message;
 use ring::hmac;
@@ -118,7 +116,7 @@ pub async fn run(cfg: Config, vpn: Option<hinan_vpn::config::Settings>) -> Resul
     // Sequence numbers start at the boot time in µs, so that they keep
     // growing across restarts and receivers can drop replays.
     let path_names = cfg.path_names();
-    let (mut det_rx, health) = crate::heartbeat::start(&cfg, key, unix_us())?;
+    let (mut det_rx, health) = crate::shell::heartbeat::start(&cfg, key, unix_us())?;
 
     // Control socket.
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlCall>(64);
@@ -169,7 +167,7 @@ pub async fn run(cfg: Config, vpn: Option<hinan_vpn::config::Settings>) -> Resul
     };
     // Authoritative DNS whose answers follow the replicated state.
     let _dns = match &cfg.dns {
-        Some(d) => Some(hinan_orchestrator::dns::start(
+        Some(d) => Some(crate::shell::dns::start(
             d,
             &cfg.appliance.data_dir,
             &cfg.appliance.control_socket,
@@ -242,7 +240,7 @@ pub async fn run(cfg: Config, vpn: Option<hinan_vpn::config::Settings>) -> Resul
                 for req in monitor.due(origin.elapsed()) {
                     let tx = check_tx.clone();
                     tokio::spawn(async move {
-                        let outcome = hinan_orchestrator::checks::run_check(&req.target, req.kind, req.timeout).await;
+                        let outcome = crate::shell::checks::run_check(&req.target, req.kind, req.timeout).await;
                         let detail = match &outcome.result {
                             Ok(_) => String::new(),
                             Err(e) => e.to_string(),
@@ -820,7 +818,7 @@ async fn serve_control(listener: UnixListener, calls: mpsc::Sender<ControlCall>)
 fn assignments(
     replica: &Replica,
     eligible: &[NodeId],
-) -> BTreeMap<String, (hinan_orchestrator::monitor::Watchers, VmTarget)> {
+) -> BTreeMap<String, (crate::core::monitor::Watchers, VmTarget)> {
     let vms = &replica.state().vms;
     let ids: Vec<String> = vms.keys().cloned().collect();
     let watchers = assign_watchers(&ids, eligible);

@@ -1,0 +1,4 @@
+//! Pure adapters from the replicated state to each component's input: what
+//! the DNS answers (later the NAT bindings and the flow plan).
+
+pub mod dns;

@@ -1,0 +1,10 @@
+//! Pure, deterministic cores: they take `now` and inputs and return effects.
+//! None reads a clock, spawns or does I/O; the shell and the simulator drive
+//! the same code.
+
+pub mod control;
+pub mod detect;
+pub mod monitor;
+pub mod node;
+pub mod replica;
+pub mod state;
