@@ -21,16 +21,9 @@ pub fn site_is_up(state: &ClusterState, site: &str) -> bool {
     if s.witness {
         return false;
     }
-    let suffix = format!("/{site}");
-    let (mut down, mut reports) = (0, 0);
-    for (key, health) in &state.site_health {
-        if key.ends_with(&suffix) && key.len() > suffix.len() {
-            reports += 1;
-            if *health == Health::Down {
-                down += 1;
-            }
-        }
-    }
+    let views = state.site_health.get(site);
+    let reports = views.map_or(0, |v| v.len());
+    let down = views.map_or(0, |v| v.values().filter(|h| **h == Health::Down).count());
     down * 2 <= reports
 }
 

@@ -266,10 +266,10 @@ pub struct ClusterState {
     pub hosts: BTreeMap<String, Host>,
     pub vms: BTreeMap<VmId, Vm>,
     pub services: BTreeMap<String, Service>,
-    /// (observer, site) → health.
-    pub site_health: BTreeMap<String, Health>,
-    /// (observer, peer, path) → up.
-    pub link_health: BTreeMap<String, bool>,
+    /// site → observer → how that appliance sees the site.
+    pub site_health: BTreeMap<SiteId, BTreeMap<NodeId, Health>>,
+    /// observer → peer → path → whether that appliance reaches the peer on it.
+    pub link_health: BTreeMap<NodeId, BTreeMap<NodeId, BTreeMap<String, bool>>>,
     /// vm → (ok, reason, observer).
     pub vm_health: BTreeMap<VmId, (bool, String, NodeId)>,
     pub alerts: Vec<Alert>,
@@ -407,8 +407,11 @@ impl ClusterState {
                 health,
             } => {
                 self.need_site(site)?;
-                let key = format!("{observer}/{site}");
-                let old = self.site_health.insert(key, *health);
+                let old = self
+                    .site_health
+                    .entry(site.clone())
+                    .or_default()
+                    .insert(*observer, *health);
                 Ok((old != Some(*health))
                     .then(|| format!("appliance {observer} sees site {site} {health:?}")))
             }
@@ -418,8 +421,13 @@ impl ClusterState {
                 path,
                 up,
             } => {
-                let key = format!("{observer}/{peer}/{path}");
-                let old = self.link_health.insert(key, *up);
+                let old = self
+                    .link_health
+                    .entry(*observer)
+                    .or_default()
+                    .entry(*peer)
+                    .or_default()
+                    .insert(path.clone(), *up);
                 Ok((old != Some(*up)).then(|| {
                     format!(
                         "appliance {observer} sees path {path} to appliance {peer} {}",
@@ -492,7 +500,7 @@ impl ClusterState {
 
     /// The health of `site` as `observer` last reported it.
     pub fn site_health_seen_by(&self, observer: NodeId, site: &str) -> Option<Health> {
-        self.site_health.get(&format!("{observer}/{site}")).copied()
+        self.site_health.get(site)?.get(&observer).copied()
     }
 }
 
