@@ -1,20 +1,23 @@
 //! A deterministic simulator of an appliance cluster: virtual time, a seeded
 //! network that delays, loses, partitions and reorders messages, and crashes
-//! that keep only what was written to the log store. It drives the real
-//! [`Replica`] (raft-rs plus the state machine), not a model of it, and checks
-//! Raft's safety properties as it goes. A failing seed replays exactly.
+//! that keep only what was written to the log store. Every appliance is the
+//! real appliance core, [`Node`] (which owns the Raft [`Replica`] and the
+//! service monitor), fed by the real failure [`Detector`]: the same code that
+//! `hinan run` drives, not a model of it. The simulator checks Raft's safety
+//! properties as it goes. A failing seed replays exactly. Service checks are
+//! not simulated: the VMs' services never answer or fail here.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use raft::prelude::Message;
 
-use crate::core::detect::{Detector, DetectorConfig, DetectorEvent, PathId, PeerHealth};
-use crate::core::monitor::{
-    assign_watchers, Monitor, MonitorConfig, MonitorEvent, ServiceCheck, VmTarget,
-};
-use crate::core::replica::{Output, ProposalId, Replica, ELECTION_TICKS, TICK};
-use crate::core::state::{Command, NodeId, Proposal};
+use crate::core::control::{ProposeReply, Request, Response};
+use crate::core::detect::{Detector, DetectorConfig, DetectorEvent, PathId};
+use crate::core::monitor::Watchers;
+use crate::core::node::{CallId, Effect, Node, NodeConfig, NodeError, Now, PeerInfo};
+use crate::core::replica::{Replica, ELECTION_TICKS, TICK};
+use crate::core::state::{Command, NodeId, Site, StateChange, StorageMode, Vm, VmCheck};
 use crate::shell::logstore::LogStore;
 
 /// A small seeded PRNG (xorshift64*), so schedules replay without a rand crate.
@@ -58,23 +61,23 @@ pub struct Violation {
 #[derive(Debug)]
 struct SimNode {
     id: NodeId,
-    /// `None` while crashed.
-    replica: Option<Replica>,
+    /// The appliance core; `None` while crashed.
+    node: Option<Node>,
     /// What survives a crash.
     store: LogStore,
     incarnation: u64,
     /// Ticks are staggered per node.
     next_tick_ms: u64,
-    /// The failure detector and the P1/P2 monitor, when detection is on (lost in a crash).
+    /// The failure detector, when detection is on (lost in a crash).
     watch: Option<Watching>,
+    /// The last of the node's event records already looked at.
+    seen_events: u64,
 }
 
 #[derive(Debug)]
 struct Watching {
     detector: Detector,
-    monitor: Monitor,
     next_hb_ms: u64,
-    hb_seq: u64,
 }
 
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -88,17 +91,19 @@ struct InFlight {
     to: NodeId,
 }
 
-/// A proposal the simulator made, and what became of it.
+/// A proposal the simulator made through a node's control API, and what
+/// became of it.
 #[derive(Debug, Clone)]
 struct Tracked {
-    node: NodeId,
-    incarnation: u64,
-    id: ProposalId,
+    call: CallId,
     text: String,
     /// Proposed while `node` was on the minority side of partition number N.
     from_minority: Option<u64>,
     acknowledged: bool,
 }
+
+/// How long the simulator's proposals wait for their commit (retried meanwhile).
+const PROPOSE_TIMEOUT_MS: u64 = 60_000;
 
 /// The cluster under simulation.
 #[derive(Debug)]
@@ -118,9 +123,11 @@ pub struct Sim {
     /// Data committed at each index, as first applied anywhere.
     committed: BTreeMap<u64, String>,
     proposals: Vec<Tracked>,
+    /// Control calls answered with an error, by call id.
+    refused: BTreeMap<CallId, String>,
     pub stats: SimStats,
-    /// VMs watched when detection is on.
-    vms: Option<Vec<String>>,
+    /// Whether heartbeats and detectors run.
+    detection: bool,
     last_detect_ms: Option<u64>,
     /// (time, observer, event) of every detector event.
     pub detections: Vec<(u64, NodeId, DetectorEvent)>,
@@ -141,8 +148,13 @@ pub struct SimStats {
     pub heartbeats: u64,
 }
 
+fn site_name(id: NodeId) -> String {
+    format!("s{id}")
+}
+
 impl Sim {
-    /// A cluster of `n` appliances (ids 1..=n), all voters.
+    /// A cluster of `n` appliances (ids 1..=n), all voters, each at a campus
+    /// of its own (`s1`, `s2`, …).
     pub fn new(seed: u64, n: usize) -> Sim {
         let mut rng = Rng::new(seed);
         let voters: Vec<NodeId> = (1..=n as u64).collect();
@@ -150,14 +162,15 @@ impl Sim {
             .iter()
             .map(|&id| {
                 let store = LogStore::in_memory();
-                let replica = Self::boot(&mut rng, id, &voters, &store, 1);
+                let node = Self::boot(&mut rng, id, &voters, &store, 1);
                 SimNode {
                     id,
-                    replica: Some(replica),
+                    node: Some(node),
                     store,
                     incarnation: 1,
                     next_tick_ms: rng.below(TICK.as_millis() as u64),
                     watch: None,
+                    seen_events: 0,
                 }
             })
             .collect();
@@ -173,119 +186,148 @@ impl Sim {
             leaders: BTreeMap::new(),
             committed: BTreeMap::new(),
             proposals: Vec::new(),
+            refused: BTreeMap::new(),
             stats: SimStats::default(),
-            vms: None,
+            detection: false,
             last_detect_ms: None,
             detections: Vec::new(),
             takeovers: Vec::new(),
         }
     }
 
-    /// Turns on heartbeats, failure detectors and P1/P2 monitors (default
-    /// settings) at every node, watching `vms`.
-    pub fn enable_detection(&mut self, vms: &[&str]) {
-        self.vms = Some(vms.iter().map(|v| v.to_string()).collect());
+    /// Turns on heartbeats and failure detectors (default settings) at every
+    /// node, and commits `vms` (one per campus in turn) to the replicated
+    /// state through a node's control API, so that every node's monitor
+    /// places and watches them. Runs until they are applied everywhere (at
+    /// most 10 s of virtual time).
+    pub fn enable_detection(&mut self, vms: &[&str]) -> Result<(), Violation> {
+        self.detection = true;
         for i in 0..self.nodes.len() {
-            if self.nodes[i].replica.is_some() {
-                self.nodes[i].watch = Some(self.watching(self.nodes[i].id, true));
+            if self.nodes[i].node.is_some() {
+                self.nodes[i].watch = Some(self.watching(self.nodes[i].id));
             }
+        }
+        let end = self.now_ms + 10_000;
+        let leader = loop {
+            if let Some(l) = self.leader() {
+                break l;
+            }
+            if self.now_ms >= end {
+                return Err(self.violation("no leader to commit the VMs".into()));
+            }
+            self.run_until(self.now_ms + 50)?;
+        };
+        let ids = self.ids();
+        let mut commands: Vec<Command> = ids
+            .iter()
+            .map(|&id| {
+                Command::PutSite(Site {
+                    id: site_name(id),
+                    location: None,
+                    witness: false,
+                })
+            })
+            .collect();
+        for (k, vm) in vms.iter().enumerate() {
+            commands.push(Command::PutVm(Vm {
+                id: vm.to_string(),
+                mac: format!("52:54:00:70:00:{:02x}", k + 16),
+                ip: format!("10.70.0.{}", k + 10),
+                priority: k as u32,
+                site: site_name(ids[k % ids.len()]),
+                host: String::new(),
+                storage: StorageMode::Shared,
+                check: VmCheck::default(),
+            }));
+        }
+        let mut calls = Vec::new();
+        for command in commands {
+            calls.push(self.call(
+                leader,
+                Request::Propose {
+                    command,
+                    timeout_ms: Some(PROPOSE_TIMEOUT_MS),
+                },
+            )?);
+        }
+        while self.now_ms < end {
+            self.run_until(self.now_ms + 50)?;
+            let running: Vec<&Node> = self.nodes.iter().filter_map(|n| n.node.as_ref()).collect();
+            if running
+                .iter()
+                .all(|n| vms.iter().all(|v| n.state().vms.contains_key(*v)))
+            {
+                return Ok(());
+            }
+            if let Some(why) = calls.iter().find_map(|c| self.refused.get(c)) {
+                return Err(self.violation(format!("committing the VMs: {why}")));
+            }
+        }
+        Err(self.violation("the VMs were not applied everywhere within 10 s".into()))
+    }
+
+    /// A fresh failure detector for `id`.
+    fn watching(&mut self, id: NodeId) -> Watching {
+        let now = std::time::Duration::from_millis(self.now_ms);
+        let mut detector = Detector::new(DetectorConfig::default(), id);
+        for p in self.ids().into_iter().filter(|&p| p != id) {
+            detector.add_peer(p, &[PathId::WAN], now);
+        }
+        Watching {
+            detector,
+            next_hb_ms: self.now_ms + self.rng.below(20),
         }
     }
 
-    /// A fresh detector and monitor for `id`; `assume_live` starts with every
-    /// peer taken as live (a cluster start) instead of none (a restart).
-    fn watching(&mut self, id: NodeId, assume_live: bool) -> Watching {
-        let ids = self.ids();
-        let now = std::time::Duration::from_millis(self.now_ms);
-        let mut detector = Detector::new(DetectorConfig::default(), id);
-        for &p in ids.iter().filter(|&&p| p != id) {
-            detector.add_peer(p, &[PathId::WAN], now);
+    fn now(&self) -> Now {
+        Now {
+            mono: std::time::Duration::from_millis(self.now_ms),
+            unix_us: self.now_ms * 1000,
         }
-        let vms = self.vms.clone().unwrap_or_default();
-        let assigned = assign_watchers(&vms, &ids);
-        let mut monitor = Monitor::new(id);
-        monitor.set_assignments(
-            assigned
-                .into_iter()
-                .map(|(vm, w)| {
-                    let target = VmTarget {
-                        addr: std::net::Ipv4Addr::new(10, 70, 0, 10),
-                        service: ServiceCheck::Tcp { port: 80 },
-                        config: MonitorConfig::default(),
-                    };
-                    (vm, (w, target))
-                })
-                .collect(),
-        );
-        let live: BTreeSet<NodeId> = if assume_live {
-            ids.iter().copied().collect()
-        } else {
-            BTreeSet::from([id])
-        };
-        monitor.set_live(live);
-        Watching {
-            detector,
-            monitor,
-            next_hb_ms: self.now_ms + self.rng.below(20),
-            hb_seq: 0,
-        }
+    }
+
+    fn node(&self, id: NodeId) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.id == id)?.node.as_ref()
     }
 
     /// Whether `id` is the active watcher of `vm` now.
     pub fn is_watching(&self, id: NodeId, vm: &str) -> bool {
-        self.nodes
-            .iter()
-            .find(|n| n.id == id)
-            .and_then(|n| n.watch.as_ref())
-            .is_some_and(|w| w.monitor.is_watching(vm))
+        self.node(id).is_some_and(|n| n.is_watching(vm))
     }
 
-    /// The P1 and P2 of `vm`, as every node computes them.
-    pub fn watchers_of(&self, vm: &str) -> Option<crate::core::monitor::Watchers> {
-        let vms = self.vms.clone()?;
-        assign_watchers(&vms, &self.ids()).remove(vm)
+    /// The P1 and P2 of `vm`, as the running nodes compute them.
+    pub fn watchers_of(&self, vm: &str) -> Option<Watchers> {
+        let node = self.nodes.iter().find_map(|n| n.node.as_ref())?;
+        node.watchers().remove(vm)
     }
 
     /// Runs heartbeats and detectors due at `now_ms` at node index `i`.
-    fn detect(&mut self, i: usize) {
+    fn detect(&mut self, i: usize) -> Result<(), Violation> {
         let now_ms = self.now_ms;
         let now = std::time::Duration::from_millis(now_ms);
         let id = self.nodes[i].id;
         let peers: Vec<NodeId> = self.ids().into_iter().filter(|&p| p != id).collect();
         let Some(w) = self.nodes[i].watch.as_mut() else {
-            return;
+            return Ok(());
         };
         let mut sends = Vec::new();
         if w.next_hb_ms <= now_ms {
             w.next_hb_ms = now_ms + 20;
             if w.detector.heartbeats_due(now) {
-                w.hb_seq += 1;
                 sends.extend(peers.iter().copied());
             }
         }
         let events = w.detector.poll(now);
-        let mut took = Vec::new();
+        let health = peers.iter().map(|&p| (p, w.detector.health(p))).collect();
         if !events.is_empty() {
-            let mut live: BTreeSet<NodeId> = peers
-                .iter()
-                .copied()
-                .filter(|&p| {
-                    matches!(
-                        w.detector.health(p),
-                        PeerHealth::Up | PeerHealth::Degraded { .. }
-                    )
-                })
-                .collect();
-            live.insert(id);
-            for e in w.monitor.set_live(live) {
-                if let MonitorEvent::TookOver { vm, from } = e {
-                    took.push((now_ms, id, vm, from));
-                }
+            self.detections
+                .extend(events.iter().cloned().map(|e| (now_ms, id, e)));
+            let at = self.now();
+            if let Some(node) = self.nodes[i].node.as_mut() {
+                let effects = node.detected(events, health, at);
+                self.effects(id, effects)?;
             }
         }
-        self.detections
-            .extend(events.into_iter().map(|e| (now_ms, id, e)));
-        self.takeovers.extend(took);
         for to in sends {
             self.stats.heartbeats += 1;
             if self.rng.chance(self.loss) {
@@ -303,6 +345,7 @@ impl Sim {
                 to,
             }));
         }
+        Ok(())
     }
 
     fn boot(
@@ -311,10 +354,30 @@ impl Sim {
         voters: &[NodeId],
         store: &LogStore,
         incarnation: u64,
-    ) -> Replica {
+    ) -> Node {
         let election = ELECTION_TICKS + rng.below(ELECTION_TICKS as u64) as usize;
-        Replica::new(id, voters, store.clone(), incarnation, election)
-            .unwrap_or_else(|e| panic!("replica {id} cannot start on its own store: {e}"))
+        let replica = Replica::new(id, voters, store.clone(), incarnation, election)
+            .unwrap_or_else(|e| panic!("replica {id} cannot start on its own store: {e}"));
+        let cfg = NodeConfig {
+            me: id,
+            name: format!("n{id}"),
+            site: site_name(id),
+            witness: false,
+            peers: voters
+                .iter()
+                .filter(|&&p| p != id)
+                .map(|&p| PeerInfo {
+                    id: p,
+                    name: format!("n{p}"),
+                    site: site_name(p),
+                    witness: false,
+                    paths: vec!["wan".into()],
+                })
+                .collect(),
+            path_names: vec!["wan".into()],
+            incarnation,
+        };
+        Node::new(cfg, replica)
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -326,7 +389,7 @@ impl Sim {
     }
 
     pub fn replica(&self, id: NodeId) -> Option<&Replica> {
-        self.nodes.iter().find(|n| n.id == id)?.replica.as_ref()
+        self.node(id).map(Node::replica)
     }
 
     fn violation(&self, what: String) -> Violation {
@@ -373,7 +436,8 @@ impl Sim {
     pub fn crash(&mut self, id: NodeId) {
         if let Some(n) = self.nodes.iter_mut().find(|n| n.id == id) {
             n.watch = None;
-            if n.replica.take().is_some() {
+            n.seen_events = 0;
+            if n.node.take().is_some() {
                 self.stats.crashes += 1;
             }
         }
@@ -385,68 +449,73 @@ impl Sim {
         let Some(i) = self.nodes.iter().position(|n| n.id == id) else {
             return;
         };
-        if self.nodes[i].replica.is_some() {
+        if self.nodes[i].node.is_some() {
             return;
         }
         self.nodes[i].incarnation += 1;
         let (store, inc) = (self.nodes[i].store.clone(), self.nodes[i].incarnation);
-        let replica = Self::boot(&mut self.rng, id, &voters, &store, inc);
-        self.nodes[i].replica = Some(replica);
-        if self.vms.is_some() {
-            self.nodes[i].watch = Some(self.watching(id, false));
+        let node = Self::boot(&mut self.rng, id, &voters, &store, inc);
+        self.nodes[i].node = Some(node);
+        if self.detection {
+            self.nodes[i].watch = Some(self.watching(id));
         }
     }
 
-    /// Proposes a note at `id`; returns whether the replica took it.
+    /// Makes control request `req` at node `id`; returns the call's id.
+    fn call(&mut self, id: NodeId, req: Request) -> Result<CallId, Violation> {
+        self.seq += 1;
+        let call = self.seq;
+        let at = self.now();
+        if let Some(node) = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .and_then(|n| n.node.as_mut())
+        {
+            let effects = node.control(call, req, at);
+            self.effects(id, effects)?;
+        }
+        Ok(call)
+    }
+
+    /// Proposes a note at `id` through its control API; returns whether the
+    /// node took it (it was not refused at once).
     pub fn propose(&mut self, id: NodeId) -> bool {
         let text = format!("n{id}-{}", self.stats.proposals);
         let minority = self.in_minority(id);
-        let Some(i) = self.nodes.iter().position(|n| n.id == id) else {
+        if self.node(id).is_none() {
             return false;
-        };
-        let inc = self.nodes[i].incarnation;
-        let Some(r) = self.nodes[i].replica.as_mut() else {
-            return false;
-        };
-        let p = Proposal {
-            request: None,
-            by: id,
-            at_unix_ms: 0,
-            command: Command::Note { text: text.clone() },
-        };
+        }
         self.stats.proposals += 1;
-        match r.propose(&p) {
-            Ok((pid, out)) => {
-                self.proposals.push(Tracked {
-                    node: id,
-                    incarnation: inc,
-                    id: pid,
-                    text,
-                    from_minority: minority.then_some(self.stats.partitions),
-                    acknowledged: false,
-                });
-                let _ = self.handle(id, out);
-                true
-            }
+        let req = Request::Propose {
+            command: Command::Note { text: text.clone() },
+            timeout_ms: Some(PROPOSE_TIMEOUT_MS),
+        };
+        // The call's id is known before its reply, which may come at once.
+        self.proposals.push(Tracked {
+            call: self.seq + 1,
+            text,
+            from_minority: minority.then_some(self.stats.partitions),
+            acknowledged: false,
+        });
+        match self.call(id, req) {
+            Ok(call) => !self.refused.contains_key(&call),
             Err(_) => false,
         }
     }
 
     /// Proposes adding (`add`) or removing voter `node`, at appliance `at`.
     pub fn propose_membership(&mut self, at: NodeId, node: NodeId, add: bool) -> bool {
-        let Some(r) = self
-            .nodes
-            .iter_mut()
-            .find(|n| n.id == at)
-            .and_then(|n| n.replica.as_mut())
-        else {
+        if self.node(at).is_none() {
             return false;
+        }
+        let req = Request::Membership {
+            id: node,
+            add,
+            timeout_ms: Some(PROPOSE_TIMEOUT_MS),
         };
-        match r.propose_membership(node, add) {
-            Ok(out) => {
-                let _ = self.handle(at, out);
-                true
-            }
+        match self.call(at, req) {
+            Ok(call) => !self.refused.contains_key(&call),
             Err(_) => false,
         }
     }
@@ -486,7 +555,7 @@ impl Sim {
             if next_detect <= t && next_detect < next_msg.min(next_tick) {
                 self.last_detect_ms = Some(t);
                 for i in 0..self.nodes.len() {
-                    self.detect(i);
+                    self.detect(i)?;
                 }
             } else if next_msg <= t {
                 let Reverse(m) = self.net.pop().expect("peeked");
@@ -499,13 +568,10 @@ impl Sim {
                     .expect("found");
                 self.nodes[i].next_tick_ms += TICK.as_millis() as u64;
                 let id = self.nodes[i].id;
-                if let Some(r) = self.nodes[i].replica.as_mut() {
-                    let out = r.tick().map_err(|e| Violation {
-                        seed: self.seed,
-                        at_ms: t,
-                        what: format!("node {id}: {e}"),
-                    })?;
-                    self.handle(id, out)?;
+                let at = self.now();
+                if let Some(node) = self.nodes[i].node.as_mut() {
+                    let effects = node.tick(at);
+                    self.effects(id, effects)?;
                 }
             }
         }
@@ -525,10 +591,10 @@ impl Sim {
             if let Some(w) = self.nodes[i].watch.as_mut() {
                 w.detector.on_heartbeat(m.from, PathId::WAN, now);
             }
-            self.detect(i);
-            return Ok(());
+            return self.detect(i);
         }
-        let Some(r) = self.nodes[i].replica.as_mut() else {
+        let at = self.now();
+        let Some(node) = self.nodes[i].node.as_mut() else {
             self.stats.dropped += 1;
             return Ok(());
         };
@@ -538,19 +604,50 @@ impl Sim {
             what: format!("undecodable message: {e}"),
         })?;
         self.stats.delivered += 1;
-        let out = r.step(msg).map_err(|e| Violation {
-            seed: self.seed,
-            at_ms: self.now_ms,
-            what: format!("node {}: {e}", m.to),
-        })?;
-        self.handle(m.to, out)
+        let effects = node.step(msg, at);
+        self.effects(m.to, effects)
     }
 
-    fn handle(&mut self, id: NodeId, out: Output) -> Result<(), Violation> {
-        for msg in out.messages {
-            self.send(id, msg);
+    /// Carries out node `id`'s effects and checks the invariants they touch.
+    fn effects(
+        &mut self,
+        id: NodeId,
+        effects: Result<Vec<Effect>, NodeError>,
+    ) -> Result<(), Violation> {
+        let effects = effects.map_err(|e| self.violation(format!("node {id}: {e}")))?;
+        for e in effects {
+            match e {
+                Effect::Send(msg) => self.send(id, msg),
+                Effect::Applied(changes) => self.applied(id, &changes)?,
+                Effect::Reply { call, response } => self.replied(call, response),
+                // Service checks are not simulated.
+                Effect::Check(_) => {}
+            }
         }
-        for change in &out.changes {
+        self.took_over(id);
+        let Some(r) = self.replica(id) else {
+            return Ok(());
+        };
+        if r.is_leader() {
+            let term = r.status().term;
+            match self.leaders.get(&term) {
+                None => {
+                    self.leaders.insert(term, id);
+                    self.stats.elections += 1;
+                }
+                Some(&other) if other == id => {}
+                Some(&other) => {
+                    return Err(
+                        self.violation(format!("two leaders in term {term}: {other} and {id}"))
+                    )
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn applied(&mut self, id: NodeId, changes: &[StateChange]) -> Result<(), Violation> {
+        for change in changes {
             let Command::Note { text } = &change.command else {
                 continue;
             };
@@ -574,46 +671,44 @@ impl Sim {
                 }
             }
         }
-        let inc = self
-            .nodes
-            .iter()
-            .find(|n| n.id == id)
-            .map(|n| n.incarnation);
-        for (pid, _index, _) in &out.completed {
-            if let Some(p) = self
-                .proposals
-                .iter_mut()
-                .find(|p| p.node == id && p.id == *pid && Some(p.incarnation) == inc)
-            {
-                if !p.acknowledged {
-                    p.acknowledged = true;
-                    self.stats.acknowledged += 1;
-                }
-            }
-        }
-        if let Some(r) = self
-            .nodes
-            .iter()
-            .find(|n| n.id == id)
-            .and_then(|n| n.replica.as_ref())
-        {
-            if r.is_leader() {
-                let term = r.status().term;
-                match self.leaders.get(&term) {
-                    None => {
-                        self.leaders.insert(term, id);
-                        self.stats.elections += 1;
-                    }
-                    Some(&other) if other == id => {}
-                    Some(&other) => {
-                        return Err(
-                            self.violation(format!("two leaders in term {term}: {other} and {id}"))
-                        )
-                    }
-                }
-            }
-        }
         Ok(())
+    }
+
+    fn replied(&mut self, call: CallId, response: Response) {
+        if !response.ok {
+            self.refused
+                .insert(call, response.error.unwrap_or_default());
+            return;
+        }
+        let committed = response
+            .result
+            .and_then(|r| serde_json::from_value::<ProposeReply>(r).ok())
+            .is_some();
+        if let Some(p) = self.proposals.iter_mut().find(|p| p.call == call) {
+            if committed && !p.acknowledged {
+                p.acknowledged = true;
+                self.stats.acknowledged += 1;
+            }
+        }
+    }
+
+    /// Collects the P2 takeovers that node `id` recorded.
+    fn took_over(&mut self, id: NodeId) {
+        let now_ms = self.now_ms;
+        let Some(n) = self.nodes.iter_mut().find(|n| n.id == id) else {
+            return;
+        };
+        let Some(node) = n.node.as_ref() else {
+            return;
+        };
+        for e in node.events_since(n.seen_events) {
+            n.seen_events = e.seq;
+            if let (Some(from), Some(vm)) = (e.peer, &e.vm) {
+                if e.kind == "took-over" {
+                    self.takeovers.push((now_ms, id, vm.clone(), from));
+                }
+            }
+        }
     }
 
     fn send(&mut self, from: NodeId, msg: Message) {
@@ -638,19 +733,24 @@ impl Sim {
     pub fn leader(&self) -> Option<NodeId> {
         self.nodes
             .iter()
-            .filter_map(|n| n.replica.as_ref())
+            .filter_map(|n| n.node.as_ref())
+            .map(Node::replica)
             .find(|r| r.is_leader() && !self.in_minority(r.id()))
             .map(Replica::id)
+    }
+
+    fn running(&self) -> Vec<&Replica> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.node.as_ref())
+            .map(Node::replica)
+            .collect()
     }
 
     /// Checks that every running node has applied the same state, and that
     /// every acknowledged proposal is in it.
     pub fn check_converged(&self) -> Result<(), Violation> {
-        let running: Vec<&Replica> = self
-            .nodes
-            .iter()
-            .filter_map(|n| n.replica.as_ref())
-            .collect();
+        let running = self.running();
         let Some(first) = running.first() else {
             return Err(self.violation("no node is running".into()));
         };
@@ -686,11 +786,7 @@ impl Sim {
         while self.now_ms < end {
             let step = self.now_ms + 100;
             self.run_until(step)?;
-            let running: Vec<&Replica> = self
-                .nodes
-                .iter()
-                .filter_map(|n| n.replica.as_ref())
-                .collect();
+            let running = self.running();
             let Some(leader) = running.iter().find(|r| r.is_leader()) else {
                 continue;
             };

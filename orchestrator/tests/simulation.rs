@@ -257,7 +257,7 @@ mod detection {
     fn a_crashed_appliance_is_reported_down_in_time_and_p2_takes_over() {
         for seed in 0..20 {
             let mut sim = Sim::new(500 + seed, 3);
-            sim.enable_detection(&VMS);
+            sim.enable_detection(&VMS).unwrap();
             sim.run_until(2_000).unwrap();
             assert!(
                 sim.detections
@@ -344,7 +344,7 @@ mod detection {
     fn five_percent_loss_raises_no_false_site_down() {
         let mut sim = Sim::new(77, 3);
         sim.loss = 0.05;
-        sim.enable_detection(&VMS);
+        sim.enable_detection(&VMS).unwrap();
         sim.run_until(120_000).unwrap();
         let downs: Vec<_> = sim
             .detections
@@ -367,7 +367,7 @@ mod detection {
     #[test]
     fn a_partition_is_seen_from_both_sides_and_heals() {
         let mut sim = Sim::new(99, 3);
-        sim.enable_detection(&VMS);
+        sim.enable_detection(&VMS).unwrap();
         sim.run_until(2_000).unwrap();
         let t0 = sim.now_ms();
         sim.partition(vec![BTreeSet::from([1]), BTreeSet::from([2, 3])]);

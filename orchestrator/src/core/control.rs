@@ -84,6 +84,9 @@ pub struct EventRecord {
     pub kind: String,
     pub peer: Option<NodeId>,
     pub path: Option<String>,
+    /// The VM the event is about, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<String>,
     pub detail: String,
 }
 
