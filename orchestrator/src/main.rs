@@ -124,20 +124,14 @@ fn main() -> Result<()> {
             init_logging();
             let cfg = hinan_orchestrator::shell::dns::load_dns_table(&cli.config)?;
             // Block the stop signals in every thread; this one waits for them.
-            // SAFETY: plain signal-mask calls on a local, initialized sigset.
-            let signal = unsafe {
-                let mut set: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut set);
-                libc::sigaddset(&mut set, libc::SIGINT);
-                libc::sigaddset(&mut set, libc::SIGTERM);
-                libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-                set
-            };
+            let signals = hinan_orchestrator::shell::signals::block(&[libc::SIGINT, libc::SIGTERM]);
             let server = hinan_dns::DnsServer::start(&cfg)?;
             server.update(&hinan_orchestrator::adapt::dns::static_view(&cfg));
-            let mut sig: libc::c_int = 0;
-            // SAFETY: sigwait on the set blocked above.
-            unsafe { libc::sigwait(&signal, &mut sig) };
+            let sig = loop {
+                if let Some(sig) = signals.wait(Duration::from_secs(3600)) {
+                    break sig;
+                }
+            };
             tracing::info!(signal = sig, "DNS stopping");
             drop(server);
             Ok(())

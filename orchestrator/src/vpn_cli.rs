@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use hinan_orchestrator::shell::control::{self, Request};
+use hinan_orchestrator::shell::signals;
 use hinan_vpn::config::{decode_key, encode_key, load_file};
 use hinan_vpn::endpoint::{Endpoint, VpnEvent};
 use hinan_vpn::session::{PublicKey, StaticSecret};
@@ -76,23 +77,9 @@ pub fn main(config: &Path, cmd: &VpnCmd) -> Result<()> {
     }
 }
 
-/// Signals handled by the main thread, blocked everywhere else.
-fn block_signals() -> libc::sigset_t {
-    // SAFETY: sigset manipulation on a local, then masking this thread
-    // (threads spawned later inherit the mask).
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for sig in [libc::SIGHUP, libc::SIGTERM, libc::SIGINT] {
-            libc::sigaddset(&mut set, sig);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    }
-}
-
 fn run(config: &Path, status_socket: Option<&Path>, appliance: Option<PathBuf>) -> Result<()> {
-    let signals = block_signals();
+    // Handled by the main thread, blocked everywhere else.
+    let signals = signals::block(&[libc::SIGHUP, libc::SIGTERM, libc::SIGINT]);
     let settings = load_file(config)?;
     let events: Box<dyn Fn(VpnEvent) + Send + Sync> = match appliance {
         Some(socket) => {
@@ -109,14 +96,8 @@ fn run(config: &Path, status_socket: Option<&Path>, appliance: Option<PathBuf>) 
     }
     eprintln!("hinan vpn: running; SIGHUP reloads {}", config.display());
     loop {
-        let timeout = libc::timespec {
-            tv_sec: 1,
-            tv_nsec: 0,
-        };
-        // SAFETY: waits for one of the blocked signals.
-        let sig = unsafe { libc::sigtimedwait(&signals, std::ptr::null_mut(), &timeout) };
-        match sig {
-            libc::SIGHUP => match load_file(config)
+        match signals.wait(Duration::from_secs(1)) {
+            Some(libc::SIGHUP) => match load_file(config)
                 .map_err(anyhow::Error::from)
                 .and_then(|s| endpoint.reload(s).map_err(anyhow::Error::from))
             {
@@ -130,7 +111,7 @@ fn run(config: &Path, status_socket: Option<&Path>, appliance: Option<PathBuf>) 
                     "reload refused, still running the previous configuration: {e:#}"
                 ),
             },
-            libc::SIGTERM | libc::SIGINT => break,
+            Some(libc::SIGTERM | libc::SIGINT) => break,
             _ => {}
         }
     }

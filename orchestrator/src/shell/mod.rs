@@ -8,6 +8,7 @@ pub mod control;
 pub mod dns;
 pub mod heartbeat;
 pub mod logstore;
+pub mod signals;
 pub mod tls;
 pub mod transport;
 pub mod watch;

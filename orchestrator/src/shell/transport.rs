@@ -172,20 +172,11 @@ async fn dial_loop(
 /// Data unacknowledged for this long aborts the connection. Without it a
 /// connection across a partition stalls in TCP's retransmission backoff
 /// (minutes) after the partition heals; with it the dialler reconnects.
-const USER_TIMEOUT_MS: libc::c_uint = 1000;
+const USER_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1000);
 
 fn set_user_timeout(tcp: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let v = USER_TIMEOUT_MS;
-    // SAFETY: setsockopt on a socket we own, with a correctly sized value.
-    unsafe {
-        libc::setsockopt(
-            tcp.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_USER_TIMEOUT,
-            (&v as *const libc::c_uint).cast(),
-            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
-        );
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(USER_TIMEOUT)) {
+        tracing::warn!("cannot set TCP_USER_TIMEOUT: {e}");
     }
 }
 
