@@ -61,8 +61,11 @@ pub const ROTATION_RETRY: Duration = Duration::from_secs(3);
 /// WireGuard's REJECT_AFTER_TIME: a session older than this carries nothing.
 pub const SESSION_LIFETIME: Duration = Duration::from_secs(180);
 
-/// WireGuard's message type of a handshake initiation.
+/// WireGuard's message types.
 const MSG_INIT: u8 = 1;
+const MSG_RESPONSE: u8 = 2;
+const MSG_COOKIE: u8 = 3;
+const MSG_DATA: u8 = 4;
 
 /// Which peer and which of its sessions a local session index names.
 ///
@@ -230,6 +233,17 @@ struct Previous {
     superseded: Option<Instant>,
 }
 
+/// What [`PeerSessions::decapsulate`] made of a datagram.
+#[derive(Debug)]
+pub struct Received<'a> {
+    pub action: Action<'a>,
+    /// The datagram proved to come from the peer (a delivered frame, a
+    /// keepalive, an answered or answering handshake; never a cookie reply,
+    /// which only checks the public mac1): its source may become the peer's
+    /// endpoint (WireGuard's roaming).
+    pub roam: bool,
+}
+
 /// Where [`PeerSessions::poll_timers`] goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TimerStep {
@@ -327,7 +341,9 @@ impl PeerSessions {
 
     /// A rotation waits for its new session's first handshake.
     pub fn rotation_unfinished(&self) -> bool {
-        self.previous.as_ref().is_some_and(|p| p.superseded.is_none())
+        self.previous
+            .as_ref()
+            .is_some_and(|p| p.superseded.is_none())
     }
 
     /// A previous session exists: the rotation is unfinished, or complete
@@ -411,7 +427,11 @@ impl PeerSessions {
         if initiator.local == current.local && initiator.peer == current.peer {
             return Some(current.generation);
         }
-        let previous = &self.previous.as_ref().filter(|p| p.superseded.is_none())?.keyed;
+        let previous = &self
+            .previous
+            .as_ref()
+            .filter(|p| p.superseded.is_none())?
+            .keyed;
         let peer_matches = initiator.peer == previous.peer
             || (previous.local != current.local && initiator.peer == current.peer);
         (initiator.local == previous.local && peer_matches).then_some(previous.generation)
@@ -433,8 +453,9 @@ impl PeerSessions {
         from: IpAddr,
         datagram: &[u8],
         out: &'a mut [u8],
-    ) -> Option<Action<'a>> {
-        let is_init = datagram.first() == Some(&MSG_INIT);
+    ) -> Option<Received<'a>> {
+        let kind = datagram.first().copied();
+        let is_init = kind == Some(MSG_INIT);
         let keyed = self.keyed(generation)?;
         let had_session = keyed.is_up();
         let placed = Placed::of(out, |out| keyed.session.decapsulate(from, datagram, out));
@@ -443,18 +464,23 @@ impl PeerSessions {
             Placed::Send(_) | Placed::Nothing => true,
             Placed::Error(_) => {
                 let retry = is_init
-                    && self
-                        .previous
-                        .as_ref()
-                        .is_some_and(|p| p.keyed.generation != generation && p.superseded.is_none());
+                    && self.previous.as_ref().is_some_and(|p| {
+                        p.keyed.generation != generation && p.superseded.is_none()
+                    });
                 if retry {
                     let previous = &mut self.previous.as_mut().expect("checked").keyed.session;
                     let retried = Placed::of(out, |out| previous.decapsulate(from, datagram, out));
                     if let Placed::Send(_) = retried {
-                        return Some(retried.action(out));
+                        return Some(Received {
+                            action: retried.action(out),
+                            roam: false,
+                        });
                     }
                 }
-                return Some(placed.action(out));
+                return Some(Received {
+                    action: placed.action(out),
+                    roam: false,
+                });
             }
         };
         // The initiator's first data lets a responder's queue leave; an
@@ -465,7 +491,16 @@ impl PeerSessions {
             self.flush = Some(generation);
         }
         self.note_current_up(now);
-        Some(placed.action(out))
+        let action = placed.action(out);
+        let roam = match &action {
+            Action::DeliverFrame(_) => true,
+            Action::SendToPeer(reply) => {
+                matches!(kind, Some(MSG_INIT | MSG_RESPONSE)) && reply.first() != Some(&MSG_COOKIE)
+            }
+            Action::Nothing => kind == Some(MSG_DATA),
+            Action::Error(_) => false,
+        };
+        Some(Received { action, roam })
     }
 
     /// The next frame queued while a handshake ran, now encrypted, if the
@@ -534,7 +569,9 @@ impl PeerSessions {
                 }
                 TimerStep::TickPrevious => {
                     self.timer_step = TimerStep::Done;
-                    let Some(p) = &mut self.previous else { continue };
+                    let Some(p) = &mut self.previous else {
+                        continue;
+                    };
                     let session = &mut p.keyed.session;
                     Placed::of(out, |out| session.tick(out))
                 }
@@ -563,9 +600,7 @@ impl PeerSessions {
     /// reconfigured; a peer that frames wait for, every second.
     fn handshake_due(&self, now: Instant) -> bool {
         let since = |t: Instant| now.saturating_duration_since(t);
-        let usable = self
-            .last_handshake()
-            .is_some_and(|t| t < SESSION_LIFETIME);
+        let usable = self.last_handshake().is_some_and(|t| t < SESSION_LIFETIME);
         if usable {
             return false;
         }
@@ -573,7 +608,9 @@ impl PeerSessions {
         if self.rotation_unfinished() {
             !self.kick && forced_since.is_none_or(|t| t >= ROTATION_RETRY)
         } else {
-            let waiting = self.last_send_attempt.is_some_and(|t| since(t) < HANDSHAKE_RETRY);
+            let waiting = self
+                .last_send_attempt
+                .is_some_and(|t| since(t) < HANDSHAKE_RETRY);
             waiting && self.previous.is_none() && forced_since.is_none_or(|t| t >= HANDSHAKE_RETRY)
         }
     }

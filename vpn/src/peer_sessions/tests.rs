@@ -107,10 +107,18 @@ impl Side {
             .decapsulate(now, generation, from, datagram, &mut out)
         {
             None => self.refused += 1,
-            Some(Action::DeliverFrame(f)) => self.delivered.push(f.to_vec()),
-            Some(Action::SendToPeer(d)) => replies.push(d.to_vec()),
-            Some(Action::Nothing) => {}
-            Some(Action::Error(e)) => self.errors.push(e.to_string()),
+            Some(Received { action, roam }) => match action {
+                Action::DeliverFrame(f) => {
+                    assert!(roam, "a delivered frame proves its source");
+                    self.delivered.push(f.to_vec())
+                }
+                Action::SendToPeer(d) => replies.push(d.to_vec()),
+                Action::Nothing => {}
+                Action::Error(e) => {
+                    assert!(!roam, "an error proves nothing");
+                    self.errors.push(e.to_string())
+                }
+            },
         }
         while let Some(d) = self.peer.poll_queued(&mut out) {
             replies.push(d.to_vec());
@@ -169,7 +177,11 @@ fn exchange(a: &mut Side, b: &mut Side, now: Instant, n: u8) {
     assert_eq!(b.delivered.last(), Some(&frame(n)), "A to B, frame {n}");
     let sent = b.send(now, &frame(n + 100));
     pump(a, b, now, vec![], sent);
-    assert_eq!(a.delivered.last(), Some(&frame(n + 100)), "B to A, frame {n}");
+    assert_eq!(
+        a.delivered.last(),
+        Some(&frame(n + 100)),
+        "B to A, frame {n}"
+    );
 }
 
 /// A (key 1) and B (key 2) after a first handshake at `t0`.
@@ -177,7 +189,12 @@ fn handshaken(t0: Instant) -> (Side, Side) {
     let mut a = Side::new(1, 2, A_TUNNEL, A_ADDR);
     let mut b = Side::new(2, 1, B_TUNNEL, B_ADDR);
     exchange(&mut a, &mut b, t0, 0);
-    assert!(a.errors.is_empty() && b.errors.is_empty(), "{a_e:?} {b_e:?}", a_e = a.errors, b_e = b.errors);
+    assert!(
+        a.errors.is_empty() && b.errors.is_empty(),
+        "{a_e:?} {b_e:?}",
+        a_e = a.errors,
+        b_e = b.errors
+    );
     (a, b)
 }
 
@@ -212,10 +229,24 @@ fn rotation_on_both_sides_keeps_frames_flowing_on_the_old_session_until_the_new_
     let t1 = t0 + Duration::from_secs(1);
     a.rotate_local(11, 2);
     assert!(a.peer.rotation_unfinished());
-    assert_eq!(a.peer.sending_generation(), 0, "the old session still encrypts");
+    assert_eq!(
+        a.peer.sending_generation(),
+        0,
+        "the old session still encrypts"
+    );
     let sent = a.send(t1, &frame(1));
-    assert_eq!(sent.len(), 2, "data on the old session and the new session's initiation");
-    assert_eq!(index_of(&sent[0]), SessionIndex { tunnel: B_TUNNEL, generation: 0 });
+    assert_eq!(
+        sent.len(),
+        2,
+        "data on the old session and the new session's initiation"
+    );
+    assert_eq!(
+        index_of(&sent[0]),
+        SessionIndex {
+            tunnel: B_TUNNEL,
+            generation: 0
+        }
+    );
     assert!(is_initiation(&sent[1]));
     pump(&mut a, &mut b, t1, sent, vec![]);
     assert_eq!(b.delivered.last(), Some(&frame(1)));
@@ -236,15 +267,34 @@ fn rotation_on_both_sides_keeps_frames_flowing_on_the_old_session_until_the_new_
     let sent = b.send(t2, &frame(3));
     assert_eq!(sent.len(), 2);
     pump(&mut a, &mut b, t2, vec![], sent);
-    assert_eq!(a.delivered.last(), Some(&frame(3)), "sent on the old session");
-    assert!(a.errors.is_empty() && b.errors.is_empty(), "{:?} {:?}", a.errors, b.errors);
+    assert_eq!(
+        a.delivered.last(),
+        Some(&frame(3)),
+        "sent on the old session"
+    );
+    assert!(
+        a.errors.is_empty() && b.errors.is_empty(),
+        "{:?} {:?}",
+        a.errors,
+        b.errors
+    );
     for side in [&a, &b] {
         assert_eq!(side.peer.generation(), 1);
-        assert_eq!(side.peer.sending_generation(), 1, "the new session encrypts");
+        assert_eq!(
+            side.peer.sending_generation(),
+            1,
+            "the new session encrypts"
+        );
         assert!(!side.peer.rotation_unfinished() && side.peer.rotating());
     }
     let sent = a.send(t2, &frame(4));
-    assert_eq!(index_of(&sent[0]), SessionIndex { tunnel: B_TUNNEL, generation: 1 });
+    assert_eq!(
+        index_of(&sent[0]),
+        SessionIndex {
+            tunnel: B_TUNNEL,
+            generation: 1
+        }
+    );
     pump(&mut a, &mut b, t2, sent, vec![]);
     assert_eq!(b.delivered.last(), Some(&frame(4)));
     exchange(&mut a, &mut b, t2, 5);
@@ -257,7 +307,12 @@ fn rotation_on_both_sides_keeps_frames_flowing_on_the_old_session_until_the_new_
         assert!(!side.peer.rotating());
     }
     exchange(&mut a, &mut b, t2 + ROTATION_GRACE, 6);
-    assert!(a.errors.is_empty() && b.errors.is_empty(), "{:?} {:?}", a.errors, b.errors);
+    assert!(
+        a.errors.is_empty() && b.errors.is_empty(),
+        "{:?} {:?}",
+        a.errors,
+        b.errors
+    );
 }
 
 #[test]
@@ -273,15 +328,29 @@ fn a_second_rotation_before_the_peer_learns_keeps_the_working_session() {
     // Key 12 replaces key 11, which was never used.
     a.rotate_local(12, 2);
     assert_eq!(a.peer.generation(), 2);
-    assert_eq!(a.peer.sending_generation(), 0, "generation 0 still carries frames");
+    assert_eq!(
+        a.peer.sending_generation(),
+        0,
+        "generation 0 still carries frames"
+    );
     exchange(&mut a, &mut b, t1, 2);
     let refused = b.refused;
-    assert!(refused >= 2, "B refused both initiations, for keys 11 and 12");
+    assert!(
+        refused >= 2,
+        "B refused both initiations, for keys 11 and 12"
+    );
 
     // Initiations still made for key 1 are A's; for key 11 no longer.
     let mut out = [0u8; 256];
     for (seed, known) in [(1, true), (11, false), (12, true)] {
-        let mut stale = Session::new(secret(2), PublicKey::from(public(seed)), None, None, 9, keys(2, seed).tunnel);
+        let mut stale = Session::new(
+            secret(2),
+            PublicKey::from(public(seed)),
+            None,
+            None,
+            9,
+            keys(2, seed).tunnel,
+        );
         let Action::SendToPeer(init) = stale.initiate_handshake(&mut out, false) else {
             panic!("no initiation")
         };
@@ -305,11 +374,22 @@ fn a_second_rotation_before_the_peer_learns_keeps_the_working_session() {
     assert_eq!(a.peer.sending_generation(), 2);
     assert_eq!(b.peer.sending_generation(), 1);
     let sent = a.send(t2, &frame(4));
-    assert_eq!(index_of(&sent[0]), SessionIndex { tunnel: B_TUNNEL, generation: 1 });
+    assert_eq!(
+        index_of(&sent[0]),
+        SessionIndex {
+            tunnel: B_TUNNEL,
+            generation: 1
+        }
+    );
     pump(&mut a, &mut b, t2, sent, vec![]);
     assert_eq!(b.delivered.last(), Some(&frame(4)));
     exchange(&mut a, &mut b, t2, 5);
-    assert!(a.errors.is_empty() && b.errors.is_empty(), "{:?} {:?}", a.errors, b.errors);
+    assert!(
+        a.errors.is_empty() && b.errors.is_empty(),
+        "{:?} {:?}",
+        a.errors,
+        b.errors
+    );
 }
 
 #[test]
@@ -331,11 +411,18 @@ fn a_handshake_is_retried_every_second_while_frames_wait_then_they_all_arrive() 
         }
         out.extend(a.tick(now));
         for d in out {
-            assert!(is_initiation(&d), "only initiations leave without a session");
+            assert!(
+                is_initiation(&d),
+                "only initiations leave without a session"
+            );
             initiations.push(now - t0);
         }
     }
-    let secs = |s: &[u64]| s.iter().map(|&s| Duration::from_secs(s)).collect::<Vec<_>>();
+    let secs = |s: &[u64]| {
+        s.iter()
+            .map(|&s| Duration::from_secs(s))
+            .collect::<Vec<_>>()
+    };
     // The first frame's own, the first paced one, then one a second while
     // frames wait and for one second after the last (at 3.5 s).
     assert_eq!(initiations, secs(&[0, 0, 1, 2, 3, 4]));
@@ -351,7 +438,12 @@ fn a_handshake_is_retried_every_second_while_frames_wait_then_they_all_arrive() 
     assert!(is_initiation(&out[0]));
     pump(&mut a, &mut b, t1, out, vec![]);
     assert_eq!(b.delivered, sent_frames, "every waiting frame, in order");
-    assert!(a.errors.is_empty() && b.errors.is_empty(), "{:?} {:?}", a.errors, b.errors);
+    assert!(
+        a.errors.is_empty() && b.errors.is_empty(),
+        "{:?} {:?}",
+        a.errors,
+        b.errors
+    );
     // Up: no more initiations.
     assert!(tick_alone(&mut a, t1 + TICK, t1 + Duration::from_secs(5)).is_empty());
 }
@@ -410,15 +502,27 @@ fn a_receiver_index_names_the_peer_and_the_session_generation() {
     let (mut a, mut b) = handshaken(t0);
     let to_b = a.send(t0, &frame(1)).remove(0);
     let to_a = b.send(t0, &frame(2)).remove(0);
-    assert_eq!(index_of(&to_b), SessionIndex { tunnel: B_TUNNEL, generation: 0 });
-    assert_eq!(index_of(&to_a), SessionIndex { tunnel: A_TUNNEL, generation: 0 });
+    assert_eq!(
+        index_of(&to_b),
+        SessionIndex {
+            tunnel: B_TUNNEL,
+            generation: 0
+        }
+    );
+    assert_eq!(
+        index_of(&to_a),
+        SessionIndex {
+            tunnel: A_TUNNEL,
+            generation: 0
+        }
+    );
 
     // A generation the peer does not have: dropped, and nothing consumed.
     let mut out = vec![0u8; 2048];
     assert!(b.peer.decapsulate(t0, 5, A_ADDR, &to_b, &mut out).is_none());
     assert!(matches!(
         b.peer.decapsulate(t0, 0, A_ADDR, &to_b, &mut out),
-        Some(Action::DeliverFrame(f)) if f == frame(1)
+        Some(Received { action: Action::DeliverFrame(f), roam: true }) if f == frame(1)
     ));
     // A tunnel B does not number A with: no route.
     let mut foreign = to_a.clone();
@@ -432,6 +536,12 @@ fn a_receiver_index_names_the_peer_and_the_session_generation() {
     b.peer.rotate(keys(2, 11));
     exchange(&mut a, &mut b, t0, 3);
     let to_b = a.send(t0, &frame(4)).remove(0);
-    assert_eq!(index_of(&to_b), SessionIndex { tunnel: B_TUNNEL, generation: 1 });
+    assert_eq!(
+        index_of(&to_b),
+        SessionIndex {
+            tunnel: B_TUNNEL,
+            generation: 1
+        }
+    );
     assert_eq!(b.route(&to_b), Some(1));
 }
