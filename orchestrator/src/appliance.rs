@@ -24,7 +24,7 @@ use hinan_orchestrator::state::{Command, Health, NodeId, Proposal, VmCheck};
 use hinan_orchestrator::tls::{self, Identity};
 use hinan_orchestrator::transport::{self, Transport};
 use hinan_orchestrator::watch::StateFeed;
-use hinan_vpn::endpoint::{Endpoint, VpnEvent};
+use hinan_vpn::endpoint::{Endpoint, MacLocation, VpnEvent};
 use raft::prelude::Message;
 use ring::hmac;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -607,11 +607,16 @@ impl Shell<'_> {
     /// campus ("local") or behind the tunnel to a peer named after its site.
     /// If it is a VM's MAC and the VM is recorded elsewhere, its new
     /// location is committed (retried until it is). Returns what was done.
-    fn mac_moved(&mut self, replica: &mut Replica, mac: &str, from: &str, to: &str) -> String {
-        let site = if to == "local" {
-            self.cfg.appliance.site.clone()
-        } else {
-            to.to_owned()
+    fn mac_moved(
+        &mut self,
+        replica: &mut Replica,
+        mac: &str,
+        from: &MacLocation,
+        to: &MacLocation,
+    ) -> String {
+        let site = match to {
+            MacLocation::Local => self.cfg.appliance.site.clone(),
+            MacLocation::Peer(site) => site.clone(),
         };
         let state = replica.state();
         let Some(vm) = state.vms.values().find(|v| v.mac.eq_ignore_ascii_case(mac)) else {

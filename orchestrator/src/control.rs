@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use hinan_vpn::endpoint::MacLocation;
+
 use crate::replica::RaftStatus;
 use crate::state::{Command, NodeId};
 
@@ -49,8 +51,8 @@ pub enum Request {
     /// A VM's MAC arriving at a campus commits the VM's new location.
     VpnMacMoved {
         mac: String,
-        from: String,
-        to: String,
+        from: MacLocation,
+        to: MacLocation,
     },
 }
 

@@ -40,7 +40,7 @@ use hinan_dataplane::bridge::{
 use hinan_dataplane::mss::MssClamp;
 use hinan_dataplane::offload::{self, Coalescer};
 use hinan_dataplane::tap::{Tap, TapOptions, MAX_READ_LEN};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{encode_key, Peer, Settings, TransportKind};
 use crate::etherip::{self, Compat};
@@ -88,14 +88,55 @@ pub enum EndpointError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum VpnEvent {
-    /// A MAC (a VM) now sends from behind `to` (a peer's name, or "local").
+    /// A MAC (a VM) now sends from behind `to`.
     MacMoved {
         vlan: u16,
         /// As `52:54:00:70:00:10`.
         mac: String,
-        from: String,
-        to: String,
+        from: MacLocation,
+        to: MacLocation,
     },
+}
+
+/// Which side of a bridge port a MAC sends from. Written (in JSON, TOML, on
+/// the control socket) as `"local"` or the peer's name, so a peer named
+/// "local" reads back as [`MacLocation::Local`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum MacLocation {
+    /// This campus's segment (the TAP device).
+    Local,
+    /// Behind the tunnel to this peer; peers are named after their sites. A
+    /// port whose peer was just removed is named `tunnel N`.
+    Peer(String),
+}
+
+impl std::fmt::Display for MacLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MacLocation::Local => f.write_str("local"),
+            MacLocation::Peer(name) => f.write_str(name),
+        }
+    }
+}
+
+impl From<String> for MacLocation {
+    fn from(name: String) -> MacLocation {
+        if name == "local" {
+            MacLocation::Local
+        } else {
+            MacLocation::Peer(name)
+        }
+    }
+}
+
+impl From<MacLocation> for String {
+    fn from(location: MacLocation) -> String {
+        match location {
+            MacLocation::Local => "local".to_owned(),
+            MacLocation::Peer(name) => name,
+        }
+    }
 }
 
 /// Per-peer counters and state, for `hinan vpn status`.
@@ -785,11 +826,13 @@ fn emit_events(shared: &Shared, bridge: &mut Bridge) {
         };
         let table = read(&shared.peers).clone();
         let name = |port: PortId| match port {
-            PortId::Local => "local".to_owned(),
-            PortId::Tunnel(id) => table
-                .get(id)
-                .map(|p| read(&p.config).name.clone())
-                .unwrap_or_else(|| format!("tunnel {}", id.0)),
+            PortId::Local => MacLocation::Local,
+            PortId::Tunnel(id) => MacLocation::Peer(
+                table
+                    .get(id)
+                    .map(|p| read(&p.config).name.clone())
+                    .unwrap_or_else(|| format!("tunnel {}", id.0)),
+            ),
         };
         let event = VpnEvent::MacMoved {
             vlan: vlan.get(),
@@ -1142,5 +1185,30 @@ fn timers(shared: &Shared) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The status JSON and the control socket carry a MAC's location as
+    /// "local" or the peer's name, as before it had a type.
+    #[test]
+    fn a_mac_location_is_written_as_local_or_the_peer_name() {
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct Moved {
+            from: MacLocation,
+            to: MacLocation,
+        }
+        let moved = Moved {
+            from: MacLocation::Local,
+            to: MacLocation::Peer("b".to_owned()),
+        };
+        let text = toml::to_string(&moved).unwrap();
+        assert_eq!(text, "from = \"local\"\nto = \"b\"\n");
+        assert_eq!(toml::from_str::<Moved>(&text).unwrap(), moved);
+        assert_eq!(moved.to.to_string(), "b");
+        assert_eq!(MacLocation::Local.to_string(), "local");
     }
 }
