@@ -797,9 +797,11 @@ fn send_to_peer(shared: &Shared, peer: &PeerState, frame: &[u8], batch: &mut TxB
             }
             // A rotation's new session starts its handshake with the first
             // frame after the reload.
-            let mut out = [0u8; 256];
-            if let Some(d) = wg.poll_handshake(&mut out) {
-                let _ = shared.socket.send_to(&[d], to);
+            if wg.handshake_pending() {
+                let mut out = [0u8; 256];
+                if let Some(d) = wg.poll_handshake(&mut out) {
+                    let _ = shared.socket.send_to(&[d], to);
+                }
             }
         }
     }
@@ -1112,6 +1114,8 @@ fn wg_datagram(
     };
     match action {
         Action::DeliverFrame(frame) => {
+            // The initiator's first data: a responder's queue may leave.
+            let queued = guard.queued_pending();
             drop(guard);
             Counters::add(
                 (&peer.counters.rx_packets, &peer.counters.rx_bytes),
@@ -1120,7 +1124,9 @@ fn wg_datagram(
             debug_assert!(roam);
             peer.roam(from);
             forward(shared, table, PortId::Tunnel(peer.id), frame, batch, local);
-            send_queued(shared, &mut lock(wg), out, from);
+            if queued {
+                send_queued(shared, &mut lock(wg), out, from);
+            }
         }
         Action::SendToPeer(reply) => {
             let _ = shared.socket.send_to(&[reply], from);

@@ -403,6 +403,11 @@ impl PeerSessions {
         self.sending_mut().session.encapsulate(frame, out)
     }
 
+    /// [`poll_handshake`](Self::poll_handshake) has an initiation to give.
+    pub fn handshake_pending(&self) -> bool {
+        self.kick
+    }
+
     /// The handshake initiation a rotation's new session sends with the
     /// first frame after [`rotate`](Self::rotate); boringtun's timers and
     /// [`poll_timers`](Self::poll_timers) retry it. `out` must hold
@@ -501,6 +506,11 @@ impl PeerSessions {
             Action::Error(_) => false,
         };
         Some(Received { action, roam })
+    }
+
+    /// [`poll_queued`](Self::poll_queued) may have frames to give.
+    pub fn queued_pending(&self) -> bool {
+        self.flush.is_some()
     }
 
     /// The next frame queued while a handshake ran, now encrypted, if the

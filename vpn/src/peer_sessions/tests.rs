@@ -120,7 +120,12 @@ impl Side {
                 }
             },
         }
+        let queued = self.peer.queued_pending();
         while let Some(d) = self.peer.poll_queued(&mut out) {
+            assert!(
+                queued,
+                "poll_queued gave a frame queued_pending did not announce"
+            );
             replies.push(d.to_vec());
         }
         replies
