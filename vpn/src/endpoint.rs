@@ -18,7 +18,9 @@
 //! keys changed gets a new WireGuard session; the old one stays as
 //! "previous" and keeps carrying frames both ways until the new one has
 //! completed a handshake (the other side may be reconfigured later), then
-//! lingers [`ROTATION_GRACE`] for packets in flight. The bridge port, and with
+//! lingers [`ROTATION_GRACE`] for packets in flight. The decisions live in
+//! the sans-IO [`PeerSessions`](crate::peer_sessions::PeerSessions); the
+//! threads here only do its I/O. The bridge port, and with
 //! it the MAC table, stays.
 
 use std::collections::BTreeMap;
@@ -30,7 +32,6 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn};
 use hinan_dataplane::bridge::{
@@ -39,17 +40,18 @@ use hinan_dataplane::bridge::{
 use hinan_dataplane::mss::MssClamp;
 use hinan_dataplane::offload::{self, Coalescer};
 use hinan_dataplane::tap::{Tap, TapOptions, MAX_READ_LEN};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{encode_key, Peer, Settings, TransportKind};
 use crate::etherip::{self, Compat};
 use crate::ip::TunnelAddrs;
-use crate::session::{Action, PublicKey, Session, SessionError, StaticSecret};
+use crate::peer_sessions::{
+    LocalKeys, PeerSessions, Received, SessionIndex, SessionKeys, TimerAction,
+};
+use crate::session::{Action, PublicKey, SessionError};
 use crate::socket::{self, RecvBatch, SocketKind, TunnelSocket, MAX_GSO_SEGMENTS, RECV_BUF_LEN};
 
-/// How long the previous session of a rotated peer still decrypts packets
-/// once the new one is up.
-pub const ROTATION_GRACE: Duration = Duration::from_secs(10);
+pub use crate::peer_sessions::ROTATION_GRACE;
 /// Timer period; boringtun's own device ticks every 250 ms.
 const TICK: Duration = Duration::from_millis(100);
 /// TCP flows merged at once on the way to the TAP.
@@ -57,16 +59,6 @@ const COALESCE_FLOWS: usize = 8;
 /// Handshakes per second before cookies are required, for all peers
 /// together (boringtun's device uses 100).
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
-/// WireGuard retries an unanswered handshake every 5 s (REKEY_TIMEOUT).
-/// While frames wait for a peer without a usable session, hinan retries
-/// every second instead, so a tunnel is back within about a second of the
-/// path returning (a session younger than 180 s needs no handshake at all).
-const HANDSHAKE_RETRY: Duration = Duration::from_secs(1);
-/// How often the new session of an unfinished key rotation re-sends its
-/// handshake initiation.
-const ROTATION_RETRY: Duration = Duration::from_secs(3);
-/// WireGuard's REJECT_AFTER_TIME: a session older than this carries nothing.
-const SESSION_LIFETIME: Duration = Duration::from_secs(180);
 /// How long blocking reads wait before checking for shutdown.
 const READ_TIMEOUT: Duration = Duration::from_millis(100);
 /// Output buffer per encapsulated frame.
@@ -96,14 +88,55 @@ pub enum EndpointError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum VpnEvent {
-    /// A MAC (a VM) now sends from behind `to` (a peer's name, or "local").
+    /// A MAC (a VM) now sends from behind `to`.
     MacMoved {
         vlan: u16,
         /// As `52:54:00:70:00:10`.
         mac: String,
-        from: String,
-        to: String,
+        from: MacLocation,
+        to: MacLocation,
     },
+}
+
+/// Which side of a bridge port a MAC sends from. Written (in JSON, TOML, on
+/// the control socket) as `"local"` or the peer's name, so a peer named
+/// "local" reads back as [`MacLocation::Local`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum MacLocation {
+    /// This campus's segment (the TAP device).
+    Local,
+    /// Behind the tunnel to this peer; peers are named after their sites. A
+    /// port whose peer was just removed is named `tunnel N`.
+    Peer(String),
+}
+
+impl std::fmt::Display for MacLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MacLocation::Local => f.write_str("local"),
+            MacLocation::Peer(name) => f.write_str(name),
+        }
+    }
+}
+
+impl From<String> for MacLocation {
+    fn from(name: String) -> MacLocation {
+        if name == "local" {
+            MacLocation::Local
+        } else {
+            MacLocation::Peer(name)
+        }
+    }
+}
+
+impl From<MacLocation> for String {
+    fn from(location: MacLocation) -> String {
+        match location {
+            MacLocation::Local => "local".to_owned(),
+            MacLocation::Peer(name) => name,
+        }
+    }
 }
 
 /// Per-peer counters and state, for `hinan vpn status`.
@@ -188,57 +221,11 @@ impl Counters {
     }
 }
 
-/// A peer's WireGuard sessions.
-struct WgState {
-    current: Session,
-    generation: u8,
-    previous: Option<Previous>,
-    /// The current session is new and has not asked for a handshake yet.
-    kick: bool,
-    /// When a frame last waited for this peer, and when the last forced
-    /// handshake initiation left.
-    last_send_attempt: Option<Instant>,
-    last_forced_handshake: Option<Instant>,
-}
-
-struct Previous {
-    session: Session,
-    generation: u8,
-    /// When the current session came up, if it has.
-    superseded: Option<Instant>,
-    /// The local key the previous session used, if it differs.
-    local_key: Option<StaticSecret>,
-    /// The peer key the previous session was made for.
-    peer_public: Option<[u8; 32]>,
-}
-
-impl WgState {
-    fn session_for(&mut self, generation: u8) -> Option<&mut Session> {
-        if generation == self.generation {
-            return Some(&mut self.current);
-        }
-        match &mut self.previous {
-            Some(p) if p.generation == generation => Some(&mut p.session),
-            _ => None,
-        }
-    }
-
-    /// The session that carries outgoing frames: the previous one while the
-    /// new one has no handshake yet.
-    fn sending(&mut self) -> &mut Session {
-        let current_up = self.current.time_since_last_handshake().is_some();
-        match &mut self.previous {
-            Some(p) if !current_up => &mut p.session,
-            _ => &mut self.current,
-        }
-    }
-}
-
 struct PeerState {
     id: TunnelId,
     config: RwLock<Peer>,
     endpoint: RwLock<Option<SocketAddr>>,
-    wg: Option<Mutex<WgState>>,
+    wg: Option<Mutex<PeerSessions>>,
     counters: Counters,
 }
 
@@ -299,12 +286,6 @@ impl PeerTable {
     }
 }
 
-/// The local WireGuard keys: current, and the one before a rotation.
-struct LocalKeys {
-    current: Option<(StaticSecret, PublicKey)>,
-    previous: Option<(StaticSecret, PublicKey)>,
-}
-
 struct Shared {
     settings: RwLock<Settings>,
     taps: Vec<Tap>,
@@ -338,10 +319,6 @@ impl std::fmt::Debug for Endpoint {
     }
 }
 
-fn session_index(id: TunnelId, generation: u8) -> u32 {
-    (u32::from(id.0) << 8) | u32::from(generation)
-}
-
 fn tunnel_addrs(settings: &Settings, peer: &Peer) -> Option<TunnelAddrs> {
     match (settings.tunnel_local?, peer.tunnel_address?) {
         (IpAddr::V4(local), IpAddr::V4(peer)) => Some(TunnelAddrs::V4 { local, peer }),
@@ -350,17 +327,14 @@ fn tunnel_addrs(settings: &Settings, peer: &Peer) -> Option<TunnelAddrs> {
     }
 }
 
-fn new_session(settings: &Settings, peer: &Peer, id: TunnelId, generation: u8) -> Option<Session> {
-    let secret = settings.static_secret()?;
-    let public = PublicKey::from(peer.public_key?);
-    Some(Session::new(
-        secret,
-        public,
-        peer.preshared_key,
-        peer.persistent_keepalive,
-        session_index(id, generation),
-        tunnel_addrs(settings, peer)?,
-    ))
+fn session_keys(settings: &Settings, peer: &Peer) -> Option<SessionKeys> {
+    Some(SessionKeys {
+        local: settings.static_secret()?,
+        peer: peer.public_key?,
+        preshared_key: peer.preshared_key,
+        persistent_keepalive: peer.persistent_keepalive,
+        tunnel: tunnel_addrs(settings, peer)?,
+    })
 }
 
 fn tunnel_config(settings: &Settings, id: TunnelId) -> TunnelConfig {
@@ -375,16 +349,9 @@ fn tunnel_config(settings: &Settings, id: TunnelId) -> TunnelConfig {
 fn peer_state(settings: &Settings, peer: &Peer, id: TunnelId) -> PeerState {
     let wg = match settings.transport {
         TransportKind::Raw => None,
-        TransportKind::Wireguard => new_session(settings, peer, id, 0).map(|current| {
-            Mutex::new(WgState {
-                current,
-                generation: 0,
-                previous: None,
-                kick: false,
-                last_send_attempt: None,
-                last_forced_handshake: None,
-            })
-        }),
+        TransportKind::Wireguard => {
+            session_keys(settings, peer).map(|keys| Mutex::new(PeerSessions::new(id, keys)))
+        }
     };
     PeerState {
         id,
@@ -455,17 +422,10 @@ impl Endpoint {
             tunnels,
             ..BridgeConfig::default()
         })?;
-        let keys = LocalKeys {
-            current: settings
-                .static_secret()
-                .map(|s| (s.clone(), PublicKey::from(&s))),
-            previous: None,
-        };
+        let keys = LocalKeys::new(settings.static_secret());
         // Raw EtherIP has no keys; its limiter is never asked.
         let limiter_key = keys
-            .current
-            .as_ref()
-            .map(|(_, p)| *p)
+            .current_public()
             .unwrap_or_else(|| PublicKey::from([0u8; 32]));
         let compat = if settings.accept_reversed_header {
             Compat::ReversedNibble
@@ -578,25 +538,13 @@ impl Endpoint {
             new.private_key != settings.private_key || new.tunnel_local != settings.tunnel_local;
         if new.private_key != settings.private_key {
             let rotating = old_table.by_id.values().any(|p| {
-                p.wg.as_ref().is_some_and(|wg| {
-                    lock(wg)
-                        .previous
-                        .as_ref()
-                        .is_some_and(|pr| pr.superseded.is_none())
-                })
+                p.wg.as_ref()
+                    .is_some_and(|wg| lock(wg).rotation_unfinished())
             });
             let mut keys = write(&shared.keys);
-            // During an unfinished rotation the key still in use stays
-            // "previous"; the intermediate one was never used.
-            let current = keys.current.take();
-            if !rotating || keys.previous.is_none() {
-                keys.previous = current;
-            }
-            keys.current = new
-                .static_secret()
-                .map(|s| (s.clone(), PublicKey::from(&s)));
-            if let Some((_, public)) = &keys.current {
-                *write(&shared.limiter) = Arc::new(RateLimiter::new(public, HANDSHAKE_RATE_LIMIT));
+            keys.rotate(new.static_secret(), rotating);
+            if let Some(public) = keys.current_public() {
+                *write(&shared.limiter) = Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT));
             }
             changes.push("local private key rotated".to_owned());
         }
@@ -610,8 +558,10 @@ impl Endpoint {
                         || old.preshared_key != peer.preshared_key
                         || old.tunnel_address != peer.tunnel_address
                         || old.persistent_keepalive != peer.persistent_keepalive;
-                    if (key_changed || peer_keys_changed) && state.wg.is_some() {
-                        rotate(&new, &settings, state, peer, &old);
+                    if let (true, Some(wg)) = (key_changed || peer_keys_changed, &state.wg) {
+                        if let Some(keys) = session_keys(&new, peer) {
+                            lock(wg).rotate(keys);
+                        }
                         changes.push(format!("peer '{}': new session (keys changed)", peer.name));
                     }
                     if old.endpoint != peer.endpoint {
@@ -660,12 +610,7 @@ impl Endpoint {
                 let (handshake, rotating) = match &p.wg {
                     Some(wg) => {
                         let wg = lock(wg);
-                        (
-                            wg.current
-                                .time_since_last_handshake()
-                                .map(|d| d.as_secs_f64()),
-                            wg.previous.is_some(),
-                        )
+                        (wg.last_handshake().map(|d| d.as_secs_f64()), wg.rotating())
                     }
                     None => (None, false),
                 };
@@ -720,44 +665,6 @@ impl Drop for Endpoint {
     fn drop(&mut self) {
         self.halt();
     }
-}
-
-/// Gives a peer a new session after a key change, keeping the old one. If a
-/// rotation is still under way (the new session never came up), the old
-/// session that works stays "previous" and only the new one is replaced.
-fn rotate(
-    new: &Settings,
-    old_settings: &Settings,
-    state: &PeerState,
-    peer: &Peer,
-    old_peer: &Peer,
-) {
-    let Some(wg) = &state.wg else { return };
-    let mut wg = lock(wg);
-    let generation = wg.generation.wrapping_add(1);
-    let Some(mut session) = new_session(new, peer, state.id, generation) else {
-        return;
-    };
-    let old_generation = wg.generation;
-    std::mem::swap(&mut wg.current, &mut session);
-    wg.generation = generation;
-    wg.kick = true;
-    wg.last_forced_handshake = None;
-    let unfinished = wg.previous.as_ref().is_some_and(|p| p.superseded.is_none());
-    if unfinished {
-        // `session` (the replaced new one) never carried anything.
-        return;
-    }
-    let local_key = (new.private_key != old_settings.private_key)
-        .then(|| old_settings.static_secret())
-        .flatten();
-    wg.previous = Some(Previous {
-        session,
-        generation: old_generation,
-        superseded: None,
-        local_key,
-        peer_public: old_peer.public_key,
-    });
 }
 
 /// Outgoing datagrams gathered for one `sendmsg` (UDP GSO).
@@ -861,19 +768,18 @@ fn send_to_peer(shared: &Shared, peer: &PeerState, frame: &[u8], batch: &mut TxB
         }
         Some(wg) => {
             let endpoint = peer.endpoint();
+            let now = Instant::now();
             let mut wg = lock(wg);
-            wg.last_send_attempt = Some(Instant::now());
-            let session = wg.sending();
-            let need = session.out_len(frame.len());
+            let need = wg.out_len(frame.len());
             let Some(to) = endpoint else {
                 // No endpoint yet: boringtun queues the frame for when the
                 // peer shows up; the handshake it asks for cannot go out.
                 let mut scratch = vec![0u8; need];
-                let _ = session.encapsulate(frame, &mut scratch);
+                let _ = wg.encapsulate(now, frame, &mut scratch);
                 return;
             };
             let room = batch.room(&shared.socket, to, need);
-            match session.encapsulate(frame, room) {
+            match wg.encapsulate(now, frame, room) {
                 Action::SendToPeer(datagram) => {
                     let len = datagram.len();
                     let is_data = len > 0 && room_is_data(&batch.buf[batch.len..batch.len + len]);
@@ -890,11 +796,10 @@ fn send_to_peer(shared: &Shared, peer: &PeerState, frame: &[u8], batch: &mut TxB
                 Action::DeliverFrame(_) => {}
             }
             // A rotation's new session starts its handshake with the first
-            // frame after the reload; boringtun's timers retry it.
-            if wg.kick {
-                wg.kick = false;
+            // frame after the reload.
+            if wg.handshake_pending() {
                 let mut out = [0u8; 256];
-                if let Action::SendToPeer(d) = wg.current.initiate_handshake(&mut out, false) {
+                if let Some(d) = wg.poll_handshake(&mut out) {
                     let _ = shared.socket.send_to(&[d], to);
                 }
             }
@@ -923,11 +828,13 @@ fn emit_events(shared: &Shared, bridge: &mut Bridge) {
         };
         let table = read(&shared.peers).clone();
         let name = |port: PortId| match port {
-            PortId::Local => "local".to_owned(),
-            PortId::Tunnel(id) => table
-                .get(id)
-                .map(|p| read(&p.config).name.clone())
-                .unwrap_or_else(|| format!("tunnel {}", id.0)),
+            PortId::Local => MacLocation::Local,
+            PortId::Tunnel(id) => MacLocation::Peer(
+                table
+                    .get(id)
+                    .map(|p| read(&p.config).name.clone())
+                    .unwrap_or_else(|| format!("tunnel {}", id.0)),
+            ),
         };
         let event = VpnEvent::MacMoved {
             vlan: vlan.get(),
@@ -1162,66 +1069,22 @@ fn wg_route(
     };
     match packet {
         Packet::HandshakeInit(init) => {
-            let keys = read(&shared.keys);
-            for (i, key) in [keys.current.as_ref(), keys.previous.as_ref()]
-                .into_iter()
-                .enumerate()
-            {
-                let Some((secret, public)) = key else {
-                    continue;
-                };
-                let Ok(half) = parse_handshake_anon(secret, public, &init) else {
-                    continue;
-                };
-                let key = half.peer_static_public;
-                // A peer by its configured key, or by the key its previous
-                // session (of a rotation under way) was made for.
-                for peer in table.by_id.values() {
-                    let Some(wg) = &peer.wg else { continue };
-                    let wg = lock(wg);
-                    let current_key = read(&peer.config).public_key == Some(key);
-                    let previous = wg.previous.as_ref().filter(|p| p.superseded.is_none());
-                    let generation = match (i, previous) {
-                        // Our current key: the current session if the peer
-                        // uses its configured key, else a previous session
-                        // made for the key it still uses.
-                        (0, _) if current_key => Some(wg.generation),
-                        (0, Some(p)) if p.peer_public == Some(key) && p.local_key.is_none() => {
-                            Some(p.generation)
-                        }
-                        // Our previous key: only a previous session made with it.
-                        (1, Some(p))
-                            if p.local_key.is_some()
-                                && (p.peer_public == Some(key) || current_key) =>
-                        {
-                            Some(p.generation)
-                        }
-                        _ => None,
-                    };
-                    if let Some(generation) = generation {
-                        return Some((peer.clone(), generation));
-                    }
-                }
-            }
-            None
+            let initiator = read(&shared.keys).initiator(&init)?;
+            table.by_id.values().find_map(|peer| {
+                let generation = lock(peer.wg.as_ref()?).generation_for(&initiator)?;
+                Some((peer.clone(), generation))
+            })
         }
-        Packet::HandshakeResponse(p) => route_index(table, p.receiver_idx),
-        Packet::PacketCookieReply(p) => route_index(table, p.receiver_idx),
-        Packet::PacketData(p) => route_index(table, p.receiver_idx),
+        other => {
+            let index = SessionIndex::of_packet(&other)?;
+            Some((table.get(index.tunnel)?.clone(), index.generation))
+        }
     }
-}
-
-fn route_index(table: &PeerTable, receiver: u32) -> Option<(Arc<PeerState>, u8)> {
-    let index = receiver >> 8;
-    let id = TunnelId((index >> 8) as u16);
-    Some((table.get(id)?.clone(), (index & 0xff) as u8))
 }
 
 /// WireGuard message types.
 const MSG_INIT: u8 = 1;
 const MSG_RESPONSE: u8 = 2;
-const MSG_COOKIE: u8 = 3;
-const MSG_DATA: u8 = 4;
 
 fn wg_datagram(
     shared: &Shared,
@@ -1242,67 +1105,46 @@ fn wg_datagram(
         peer.counters.rx_errors.fetch_add(1, Ordering::Relaxed);
         return;
     }
-    let kind = datagram[0];
     let mut guard = lock(wg);
-    let Some(session) = guard.session_for(generation) else {
+    let Some(Received { action, roam }) =
+        guard.decapsulate(Instant::now(), generation, from.ip(), datagram, out)
+    else {
         peer.counters.rx_errors.fetch_add(1, Ordering::Relaxed);
         return;
     };
-    let had_session = session.time_since_last_handshake().is_some();
-    match session.decapsulate(from.ip(), datagram, out) {
+    match action {
         Action::DeliverFrame(frame) => {
-            guard.note_current_up();
+            // The initiator's first data: a responder's queue may leave.
+            let queued = guard.queued_pending();
             drop(guard);
             Counters::add(
                 (&peer.counters.rx_packets, &peer.counters.rx_bytes),
                 frame.len(),
             );
+            debug_assert!(roam);
             peer.roam(from);
             forward(shared, table, PortId::Tunnel(peer.id), frame, batch, local);
-            if !had_session {
-                // The initiator's first data: a responder's queue may leave.
-                flush_queued(shared, &mut lock(wg), generation, datagram, out, from);
+            if queued {
+                send_queued(shared, &mut lock(wg), out, from);
             }
         }
         Action::SendToPeer(reply) => {
-            // Only an authenticated handshake moves the endpoint, never a
-            // cookie reply (sent after checking just the public mac1).
-            let authenticated =
-                matches!(kind, MSG_INIT | MSG_RESPONSE) && reply.first() != Some(&MSG_COOKIE);
             let _ = shared.socket.send_to(&[reply], from);
-            flush_queued(shared, &mut guard, generation, datagram, out, from);
-            guard.note_current_up();
+            send_queued(shared, &mut guard, out, from);
             drop(guard);
-            if authenticated {
+            if roam {
                 peer.roam(from);
             }
         }
         Action::Nothing => {
-            // A keepalive (authenticated data), or a cookie reply (not).
-            flush_queued(shared, &mut guard, generation, datagram, out, from);
-            guard.note_current_up();
+            send_queued(shared, &mut guard, out, from);
             drop(guard);
-            if kind == MSG_DATA {
+            if roam {
                 peer.roam(from);
             }
         }
         Action::Error(e) => {
-            // An initiation from a peer not yet reconfigured may belong to
-            // the previous session of a rotation.
-            let retried = kind == MSG_INIT
-                && guard
-                    .previous
-                    .as_ref()
-                    .is_some_and(|p| p.generation != generation && p.superseded.is_none());
-            if retried {
-                let previous = guard.previous.as_mut().expect("checked");
-                if let Action::SendToPeer(reply) =
-                    previous.session.decapsulate(from.ip(), datagram, out)
-                {
-                    let _ = shared.socket.send_to(&[reply], from);
-                    return;
-                }
-            }
+            drop(guard);
             peer.counters.rx_errors.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(peer = %read(&peer.config).name, error = %e, "tunnel packet rejected");
         }
@@ -1310,42 +1152,10 @@ fn wg_datagram(
 }
 
 /// Sends the frames queued while a handshake ran, once a session can carry
-/// them. Not after answering a handshake initiation: a responder may only
-/// send once the initiator's first data arrived, and asking earlier would
-/// start a handshake of its own that undoes the one under way.
-fn flush_queued(
-    shared: &Shared,
-    wg: &mut WgState,
-    generation: u8,
-    datagram: &[u8],
-    out: &mut [u8],
-    to: SocketAddr,
-) {
-    if datagram.first() == Some(&1) {
-        return;
-    }
-    let Some(session) = wg.session_for(generation) else {
-        return;
-    };
-    if session.time_since_last_handshake().is_none() {
-        return;
-    }
-    while let Action::SendToPeer(d) = session.send_queued(out) {
+/// them.
+fn send_queued(shared: &Shared, wg: &mut PeerSessions, out: &mut [u8], to: SocketAddr) {
+    while let Some(d) = wg.poll_queued(out) {
         let _ = shared.socket.send_to(&[d], to);
-    }
-}
-
-impl WgState {
-    /// Marks when the current session of a rotation came up.
-    fn note_current_up(&mut self) -> bool {
-        let up = self.current.time_since_last_handshake().is_some();
-        match &mut self.previous {
-            Some(p) if up && p.superseded.is_none() => {
-                p.superseded = Some(Instant::now());
-                true
-            }
-            _ => false,
-        }
     }
 }
 
@@ -1363,67 +1173,48 @@ fn timers(shared: &Shared) {
             let Some(wg) = &peer.wg else { continue };
             let to = peer.endpoint();
             let mut wg = lock(wg);
-            wg.note_current_up();
-            if wg
-                .previous
-                .as_ref()
-                .and_then(|p| p.superseded)
-                .is_some_and(|t| t.elapsed() >= ROTATION_GRACE)
-            {
-                wg.previous = None;
-                tracing::info!(peer = %read(&peer.config).name, "key rotation complete");
-            }
-            let usable = wg
-                .current
-                .time_since_last_handshake()
-                .is_some_and(|t| t < SESSION_LIFETIME);
-            let waiting = wg
-                .last_send_attempt
-                .is_some_and(|t| t.elapsed() < HANDSHAKE_RETRY);
-            let due = wg
-                .last_forced_handshake
-                .is_none_or(|t| t.elapsed() >= HANDSHAKE_RETRY);
-            // A rotation waiting for the other side keeps asking, every
-            // few seconds, until that side is reconfigured.
-            let rotating = wg.previous.as_ref().is_some_and(|p| p.superseded.is_none());
-            let rotation_due = wg
-                .last_forced_handshake
-                .is_none_or(|t| t.elapsed() >= ROTATION_RETRY);
-            if rotating && !usable && rotation_due && !wg.kick {
-                wg.last_forced_handshake = Some(Instant::now());
-                if let (Action::SendToPeer(d), Some(to)) =
-                    (wg.current.initiate_handshake(&mut out, true), to)
-                {
-                    let _ = shared.socket.send_to(&[d], to);
-                }
-            }
-            if !usable && waiting && due && wg.previous.is_none() {
-                wg.last_forced_handshake = Some(Instant::now());
-                if let (Action::SendToPeer(d), Some(to)) =
-                    (wg.current.initiate_handshake(&mut out, true), to)
-                {
-                    let _ = shared.socket.send_to(&[d], to);
-                }
-            }
-            for which in 0..2 {
-                let session = if which == 0 {
-                    Some(&mut wg.current)
-                } else {
-                    wg.previous.as_mut().map(|p| &mut p.session)
-                };
-                let Some(session) = session else { continue };
-                match session.tick(&mut out) {
-                    Action::SendToPeer(d) => {
+            let now = Instant::now();
+            while let Some(action) = wg.poll_timers(now, &mut out) {
+                match action {
+                    TimerAction::SendToPeer(d) => {
                         if let Some(to) = to {
                             let _ = shared.socket.send_to(&[d], to);
                         }
                     }
-                    Action::Error(SessionError::WireGuard(e)) => {
+                    TimerAction::RotationComplete => {
+                        tracing::info!(peer = %read(&peer.config).name, "key rotation complete");
+                    }
+                    TimerAction::Error(SessionError::WireGuard(e)) => {
                         tracing::trace!(peer = %read(&peer.config).name, error = ?e, "session timer");
                     }
-                    _ => {}
+                    TimerAction::Error(_) => {}
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The status JSON and the control socket carry a MAC's location as
+    /// "local" or the peer's name, as before it had a type.
+    #[test]
+    fn a_mac_location_is_written_as_local_or_the_peer_name() {
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct Moved {
+            from: MacLocation,
+            to: MacLocation,
+        }
+        let moved = Moved {
+            from: MacLocation::Local,
+            to: MacLocation::Peer("b".to_owned()),
+        };
+        let text = toml::to_string(&moved).unwrap();
+        assert_eq!(text, "from = \"local\"\nto = \"b\"\n");
+        assert_eq!(toml::from_str::<Moved>(&text).unwrap(), moved);
+        assert_eq!(moved.to.to_string(), "b");
+        assert_eq!(MacLocation::Local.to_string(), "local");
     }
 }

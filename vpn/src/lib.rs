@@ -21,5 +21,6 @@ pub mod endpoint;
 pub mod etherip;
 pub mod ip;
 pub mod mtu;
+pub mod peer_sessions;
 pub mod session;
 pub mod socket;

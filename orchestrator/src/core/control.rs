@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use hinan_vpn::endpoint::MacLocation;
+
 use crate::core::replica::RaftStatus;
 use crate::core::state::{Command, NodeId};
 
@@ -45,8 +47,8 @@ pub enum Request {
     /// A VM's MAC arriving at a campus commits the VM's new location.
     VpnMacMoved {
         mac: String,
-        from: String,
-        to: String,
+        from: MacLocation,
+        to: MacLocation,
     },
 }
 

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use crate::config::Config;
 use crate::core::control::{Request, Response};
 use crate::core::monitor::CheckKind;
-use crate::core::node::{CallId, Effect, MacLocation, Node, NodeConfig, Now};
+use crate::core::node::{CallId, Effect, Node, NodeConfig, Now};
 use crate::core::replica::{Replica, ELECTION_TICKS, TICK};
 use crate::shell::heartbeat::HealthView;
 use crate::shell::logstore::LogStore;
@@ -220,7 +220,6 @@ pub async fn run(cfg: Config, vpn: Option<hinan_vpn::config::Settings>) -> Resul
             }
             Some(event) = vpn_rx.recv() => {
                 let VpnEvent::MacMoved { mac, from, to, .. } = event;
-                let to = if to == "local" { MacLocation::Local } else { MacLocation::Peer(to) };
                 node.mac_moved(&mac, &from, &to, now())?
             }
             _ = tokio::time::sleep_until(check_deadline) => node.checks_due(now()),

@@ -22,6 +22,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
+use hinan_vpn::endpoint::MacLocation;
 use raft::prelude::Message;
 
 use crate::config::Config;
@@ -83,15 +84,6 @@ pub enum Effect {
 pub enum NodeError {
     #[error("the Raft log could not be written: {0}")]
     Storage(String),
-}
-
-/// Where the VPN's bridge now sees a MAC address.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MacLocation {
-    /// At this campus.
-    Local,
-    /// Behind the tunnel to the peer named after this site.
-    Peer(SiteId),
 }
 
 /// What a node knows of another appliance, from its configuration.
@@ -419,13 +411,13 @@ impl Node {
     pub fn mac_moved(
         &mut self,
         mac: &str,
-        from: &str,
+        from: &MacLocation,
         to: &MacLocation,
         now: Now,
     ) -> Result<Vec<Effect>, NodeError> {
         self.now = now;
         let what = self.locate(mac, from, to);
-        tracing::debug!(mac, from, ?to, "MAC move: {what}");
+        tracing::debug!(mac, %from, %to, "MAC move: {what}");
         self.finish()
     }
 
@@ -442,14 +434,7 @@ impl Node {
             Request::Status => Response::ok(self.status()),
             Request::State => Response::ok(self.replica.state()),
             Request::Events { since } => Response::ok(self.events_since(since).collect::<Vec<_>>()),
-            Request::VpnMacMoved { mac, from, to } => {
-                let to = if to == "local" {
-                    MacLocation::Local
-                } else {
-                    MacLocation::Peer(to)
-                };
-                Response::ok(self.locate(&mac, &from, &to))
-            }
+            Request::VpnMacMoved { mac, from, to } => Response::ok(self.locate(&mac, &from, &to)),
             Request::WaitApplied { index, timeout_ms } => {
                 let deadline = now.mono + ms(timeout_ms.unwrap_or(APPLIED_TIMEOUT_MS));
                 self.apply_waiters.push((index, deadline, call));
@@ -845,7 +830,7 @@ impl Node {
     }
 
     /// The MAC-move rule. Returns what was done, for the operator.
-    fn locate(&mut self, mac: &str, from: &str, to: &MacLocation) -> String {
+    fn locate(&mut self, mac: &str, from: &MacLocation, to: &MacLocation) -> String {
         let site = match to {
             MacLocation::Local => self.cfg.site.clone(),
             MacLocation::Peer(site) => site.clone(),
@@ -861,18 +846,12 @@ impl Node {
             return format!("{} is already at site {site}", vm.id);
         }
         let (id, from_site) = (vm.id.clone(), vm.site.clone());
-        let to_port = match to {
-            MacLocation::Local => "local".to_string(),
-            MacLocation::Peer(s) => s.clone(),
-        };
         self.record(
             "vm-moved",
             None,
             None,
             Some(id.clone()),
-            format!(
-                "{id} (MAC {mac}) moved from {from} to {to_port}: from site {from_site} to {site}"
-            ),
+            format!("{id} (MAC {mac}) moved from {from} to {to}: from site {from_site} to {site}"),
         );
         self.report(
             format!("vm-location/{id}"),

@@ -339,16 +339,17 @@ fn a_vms_mac_seen_at_another_campus_commits_its_new_location() {
     let before = c.state(1).applied;
     let fx = c.nodes.get_mut(&1).unwrap().mac_moved(
         "52:54:00:99:99:99",
-        "tunnel",
+        &MacLocation::Peer("b".into()),
         &MacLocation::Local,
         at,
     );
     c.take(fx);
-    let fx =
-        c.nodes
-            .get_mut(&1)
-            .unwrap()
-            .mac_moved("52:54:00:70:00:10", "b", &MacLocation::Local, at);
+    let fx = c.nodes.get_mut(&1).unwrap().mac_moved(
+        "52:54:00:70:00:10",
+        &MacLocation::Peer("b".into()),
+        &MacLocation::Local,
+        at,
+    );
     c.take(fx);
     c.deliver();
     c.run(Duration::from_millis(200));
@@ -361,7 +362,7 @@ fn a_vms_mac_seen_at_another_campus_commits_its_new_location() {
     // B's VPN sees the VM's MAC arrive locally (any case).
     let fx = c.nodes.get_mut(&at_b).unwrap().mac_moved(
         "52:54:00:70:00:10".to_uppercase().as_str(),
-        "a",
+        &MacLocation::Peer("a".into()),
         &MacLocation::Local,
         at,
     );
@@ -382,8 +383,8 @@ fn a_vms_mac_seen_at_another_campus_commits_its_new_location() {
         1,
         Request::VpnMacMoved {
             mac: "52:54:00:70:00:10".into(),
-            from: "local".into(),
-            to: "atlantis".into(),
+            from: MacLocation::Local,
+            to: MacLocation::Peer("atlantis".into()),
         },
     );
     let said: String = serde_json::from_value(c.replies[&call][0].result.clone().unwrap()).unwrap();
