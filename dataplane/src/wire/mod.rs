@@ -10,8 +10,8 @@
 //! * [`checksum`]: the one RFC 1071 checksum, its RFC 1624 update and the
 //!   pseudo-headers.
 //!
-//! The virtio-net header lives with the offloads that use it, in
-//! [`crate::offload::virtio`].
+//! The virtio-net header lives with the offloads that use it:
+//! [`crate::offload::VirtioNetHdr`].
 
 pub mod checksum;
 pub mod ethernet;
