@@ -7,7 +7,7 @@
 //! * [`ethernet`]: Ethernet II with up to two VLAN tags;
 //! * [`ipv4`] and [`ipv6`]: IP headers;
 //! * [`tcp`]: the TCP fields the MSS clamp and the offloads read and patch;
-//! * [`checksum`]: the one RFC 1071 checksum, its RFC 1624 update and the
+//! * [`checksum`](mod@checksum): the one RFC 1071 checksum, its RFC 1624 update and the
 //!   pseudo-headers.
 //!
 //! The virtio-net header lives with the offloads that use it:
