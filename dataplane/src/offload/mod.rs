@@ -5,23 +5,14 @@
 //! consecutive TCP segments of one flow back into super-frames (like Linux
 //! GRO) so that one `write` to the TAP carries up to 64 KiB.
 //!
-//! ```text
-//!  0               1               2               3
-//! +---------------+---------------+-------------------------------+
-//! |     flags     |   gso_type    |      hdr_len (LE u16)         |
-//! +---------------+---------------+-------------------------------+
-//! |      gso_size (LE u16)        |     csum_start (LE u16)       |
-//! +-------------------------------+-------------------------------+
-//! |     csum_offset (LE u16)      |  frame ...
-//! +-------------------------------+
-//! ```
+//! * `virtio.rs`: [`VirtioNetHdr`] and [`VirtioNetHdrRepr`], the 10-byte
+//!   header in front of each frame;
+//! * `segment.rs`: [`segment()`], [`segment_read`] and [`complete_checksum`],
+//!   the transmit direction;
+//! * `coalesce.rs`: [`Coalescer`], the receive direction.
 //!
-//! hinan uses the 10-byte `struct virtio_net_hdr` (the kernel's default
-//! `TUNSETVNETHDRSZ`, as wireguard-go does). The 12-byte variant only adds
-//! `num_buffers`, which means something for virtio's mergeable receive
-//! buffers and nothing for a TAP. Fields are little-endian: a TAP uses the
-//! host's byte order for legacy virtio headers unless `TUNSETVNETBE` is set,
-//! and hinan runs on little-endian hosts (x86-64, arm64).
+//! Both directions read the frame's headers once into a `TcpLayout`, through
+//! the [`wire`](crate::wire) views.
 
 mod coalesce;
 mod segment;
