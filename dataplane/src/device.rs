@@ -3,9 +3,9 @@
 //!
 //! The shell reads frames from a [`FrameDevice`], hands them to
 //! [`Bridge::input`](crate::bridge::Bridge::input), and writes what comes back
-//! to other devices. The TAP device on the campus segment will implement this
-//! trait; [`MemoryDevice`] and [`LossyDevice`] exist to test the shell's loop
-//! without a kernel.
+//! to other devices. [`Tap`](crate::tap::Tap), the campus segment's device,
+//! implements this trait; [`MemoryDevice`] and [`LossyDevice`] exist to test
+//! the shell's loop without a kernel.
 
 use std::num::NonZeroU64;
 use std::sync::mpsc;

@@ -1,13 +1,22 @@
-//! hinan's dataplane: frame devices (TAP), the learning bridge between the campus
-//! segment and tunnel peers, and the reverse NAT programmed into the kernel.
+//! hinan's dataplane, the lowest layer: wire formats, frame devices, the
+//! learning bridge, the offloads and the MSS clamp (and, later, the reverse
+//! NAT programmed into the kernel). It depends on no hinan crate; `vpn`
+//! builds its tunnels on it.
 //!
-//! The L2 VPN's pure core is here: [`bridge::Bridge`] decides where each frame
-//! goes (learning, flooding, split horizon, MSS clamping) from the frame and
-//! the time it is given, and [`device::FrameDevice`] is the seam a shell will
-//! drive it through. [`tap::Tap`] is the campus segment's device, with
-//! virtio-net headers and TSO/checksum offload; [`offload`] splits the
-//! kernel's TCP super-frames and coalesces segments back into them. The
-//! tunnel transport and the reverse NAT are still to come.
+//! * [`wire`]: Ethernet, IPv4, IPv6 and TCP views in the smoltcp style, and
+//!   the one RFC 1071 checksum with its RFC 1624 update;
+//! * [`bridge`]: the L2 VPN's pure core. [`bridge::Bridge`] decides where
+//!   each frame goes (learning, flooding, split horizon, MAC aging and
+//!   moves, MSS clamping) from the frame and the time it is given;
+//! * [`mss`]: the TCP MSS clamp the bridge applies to SYNs entering or
+//!   leaving a tunnel;
+//! * [`device`]: [`device::FrameDevice`], the seam a shell drives the bridge
+//!   through, with in-memory and lossy devices for tests;
+//! * [`tap`]: [`tap::Tap`], the campus segment's device, multi-queue, with
+//!   virtio-net headers and TSO/checksum offload;
+//! * [`offload`]: the virtio-net header, splitting the kernel's TCP
+//!   super-frames and completing its partial checksums, and coalescing
+//!   segments back into super-frames.
 
 pub mod bridge;
 pub mod device;

@@ -13,12 +13,14 @@
 //! hop-by-hop, routing and destination options, truncated or lying lengths)
 //! is left as it is.
 
-use crate::wire::ethertype;
+use crate::wire::tcp::{option, TCP_CHECKSUM_AT, TCP_HEADER_LEN};
+use crate::wire::{checksum, ethertype, ip_protocol, Ipv4Packet, Ipv6Packet, TcpPacket};
+use crate::wire::{IPV4_HEADER_LEN, IPV6_HEADER_LEN};
 
 /// IPv4 plus TCP headers without options.
-const IPV4_OVERHEAD: u16 = 40;
+const IPV4_OVERHEAD: u16 = (IPV4_HEADER_LEN + TCP_HEADER_LEN) as u16;
 /// IPv6 plus TCP headers without options.
-const IPV6_OVERHEAD: u16 = 60;
+const IPV6_OVERHEAD: u16 = (IPV6_HEADER_LEN + TCP_HEADER_LEN) as u16;
 /// Linux's TCP_MIN_MSS: a clamp below it would only break connections.
 pub const MIN_MSS: u16 = 88;
 
@@ -97,7 +99,7 @@ impl MssOption {
         Some(MssOption {
             family,
             value_at: l3_at + tcp_at + value_at,
-            checksum_at: l3_at + tcp_at + tcp::CHECKSUM,
+            checksum_at: l3_at + tcp_at + TCP_CHECKSUM_AT,
             odd: value_at % 2 == 1,
             value: be16(tcp, value_at)?,
         })
@@ -121,71 +123,44 @@ impl MssOption {
         } else {
             (self.value, mss)
         };
-        let checksum = checksum_update(old_checksum, old, new);
+        let checksum = checksum::update(old_checksum, old, new);
         frame[self.value_at..self.value_at + 2].copy_from_slice(&mss.to_be_bytes());
         frame[self.checksum_at..self.checksum_at + 2].copy_from_slice(&checksum.to_be_bytes());
     }
-}
-
-/// RFC 1624, equation 3: `HC' = ~(~HC + ~m + m')`.
-fn checksum_update(checksum: u16, old: u16, new: u16) -> u16 {
-    let mut sum = u32::from(!checksum) + u32::from(!old) + u32::from(new);
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 fn be16(bytes: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*bytes.get(at)?, *bytes.get(at + 1)?]))
 }
 
-const PROTOCOL_TCP: u8 = 6;
-
-/// The TCP segment's offset and length in an IPv4 packet.
+/// The TCP segment's offset and length in an IPv4 packet: the first
+/// fragment or a whole packet.
 fn ipv4_tcp(packet: &[u8]) -> Option<(usize, usize)> {
-    const MIN_HEADER: usize = 20;
-    let first = *packet.first()?;
-    let header_len = usize::from(first & 0x0f) * 4;
-    if first >> 4 != 4 || header_len < MIN_HEADER {
+    // Ethernet padding may follow the packet: the view trusts the total
+    // length, but only as far as the frame goes.
+    let ip = Ipv4Packet::new_checked(packet).ok()?;
+    if ip.frag_offset() != 0 || ip.protocol() != ip_protocol::TCP {
         return None;
     }
-    // Ethernet padding may follow the packet: trust the total length, but
-    // only as far as the frame goes.
-    let total_len = usize::from(be16(packet, 2)?);
-    if total_len < header_len || total_len > packet.len() {
-        return None;
-    }
-    let fragment_offset = be16(packet, 6)? & 0x1fff;
-    if fragment_offset != 0 || *packet.get(9)? != PROTOCOL_TCP {
-        return None;
-    }
-    Some((header_len, total_len - header_len))
+    Some((ip.header_len(), ip.payload().len()))
 }
 
 /// The TCP segment's offset and length in an IPv6 packet, past hop-by-hop,
 /// routing and destination options headers.
 fn ipv6_tcp(packet: &[u8]) -> Option<(usize, usize)> {
-    const HEADER: usize = 40;
-    const HOP_BY_HOP: u8 = 0;
-    const ROUTING: u8 = 43;
-    const DESTINATION_OPTIONS: u8 = 60;
     const MAX_EXTENSION_HEADERS: usize = 8;
 
-    if *packet.first()? >> 4 != 6 {
-        return None;
-    }
     // A payload length of 0 means a jumbogram: not on a tunnel.
-    let end = HEADER + usize::from(be16(packet, 4)?);
-    if end > packet.len() {
-        return None;
-    }
-    let mut next = *packet.get(6)?;
-    let mut at = HEADER;
+    let ip = Ipv6Packet::new_checked(packet).ok()?;
+    let end = IPV6_HEADER_LEN + ip.payload().len();
+    let mut next = ip.next_header();
+    let mut at = IPV6_HEADER_LEN;
     for _ in 0..MAX_EXTENSION_HEADERS {
         match next {
-            PROTOCOL_TCP => return Some((at, end - at)),
-            HOP_BY_HOP | ROUTING | DESTINATION_OPTIONS => {
+            ip_protocol::TCP => return Some((at, end - at)),
+            ip_protocol::IPV6_HOP_BY_HOP
+            | ip_protocol::IPV6_ROUTING
+            | ip_protocol::IPV6_DESTINATION_OPTIONS => {
                 if at + 2 > end {
                     return None;
                 }
@@ -201,38 +176,26 @@ fn ipv6_tcp(packet: &[u8]) -> Option<(usize, usize)> {
     None
 }
 
-mod tcp {
-    pub(super) const FLAGS: usize = 13;
-    pub(super) const CHECKSUM: usize = 16;
-    pub(super) const MIN_HEADER: usize = 20;
-    pub(super) const SYN: u8 = 0x02;
-    pub(super) const OPTION_END: u8 = 0;
-    pub(super) const OPTION_NOP: u8 = 1;
-    pub(super) const OPTION_MSS: u8 = 2;
-    pub(super) const MSS_LEN: u8 = 4;
-}
-
 /// The offset of the MSS option (its kind byte) in a TCP SYN segment.
 fn syn_mss_option(segment: &[u8]) -> Option<usize> {
-    let header_len = usize::from(*segment.get(12)? >> 4) * 4;
-    if header_len < tcp::MIN_HEADER || header_len > segment.len() {
+    let tcp = TcpPacket::new_checked(segment).ok()?;
+    if !tcp.syn() {
         return None;
     }
-    if segment[tcp::FLAGS] & tcp::SYN == 0 {
-        return None;
-    }
-    let mut at = tcp::MIN_HEADER;
-    while at < header_len {
-        match segment[at] {
-            tcp::OPTION_END => return None,
-            tcp::OPTION_NOP => at += 1,
+    let options = tcp.options();
+    let mut at = 0;
+    while at < options.len() {
+        match options[at] {
+            option::END => return None,
+            option::NOP => at += 1,
             kind => {
-                let len = *segment[..header_len].get(at + 1)?;
+                let len = *options.get(at + 1)?;
                 if len < 2 {
                     return None;
                 }
-                if kind == tcp::OPTION_MSS {
-                    return (len == tcp::MSS_LEN && at + 4 <= header_len).then_some(at);
+                if kind == option::MSS {
+                    return (len == option::MSS_LEN && at + 4 <= options.len())
+                        .then_some(TCP_HEADER_LEN + at);
                 }
                 at += usize::from(len);
             }
@@ -244,33 +207,7 @@ fn syn_mss_option(segment: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc1624_update_matches_recomputation_on_both_parities() {
-        // Words of some data; checksum computed from scratch before and after.
-        fn checksum(words: &[u16]) -> u16 {
-            let mut sum: u32 = words.iter().map(|&w| u32::from(w)).sum();
-            while sum > 0xffff {
-                sum = (sum & 0xffff) + (sum >> 16);
-            }
-            !(sum as u16)
-        }
-        let mut words = [0x4500, 0x05b4, 0x1234, 0xfedc, 0x0204];
-        let before = checksum(&words);
-        let old = words[1];
-        words[1] = 0x0578;
-        assert_eq!(checksum_update(before, old, 0x0578), checksum(&words));
-
-        // The value 0x0405 at odd byte offset 3 straddles words 1 and 2.
-        let words_of = |b: &[u8; 8]| -> [u16; 4] {
-            [0, 2, 4, 6].map(|i| u16::from_be_bytes([b[i], b[i + 1]]))
-        };
-        let mut bytes = [0x45u8, 0x00, 0x02, 0x04, 0x05, 0xb4, 0x00, 0x01];
-        let before = checksum(&words_of(&bytes));
-        bytes[3..5].copy_from_slice(&0x0321u16.to_be_bytes());
-        let after = checksum_update(before, 0x0405u16.swap_bytes(), 0x0321u16.swap_bytes());
-        assert_eq!(after, checksum(&words_of(&bytes)));
-    }
+    use crate::wire::tcp::flags;
 
     #[test]
     fn clamp_for_ip_mtu() {
@@ -297,7 +234,7 @@ mod tests {
     fn options_walk_stops_on_lies() {
         let mut seg = [0u8; 28];
         seg[12] = 7 << 4; // 28-byte header
-        seg[tcp::FLAGS] = tcp::SYN;
+        seg[13] = flags::SYN;
         // NOP, NOP, MSS 1460, NOP, NOP, NOP, EOL
         seg[20..28].copy_from_slice(&[1, 1, 2, 4, 0x05, 0xb4, 1, 0]);
         assert_eq!(syn_mss_option(&seg), Some(22));
@@ -310,9 +247,9 @@ mod tests {
         seg[20..28].copy_from_slice(&[8, 10, 0, 0, 0, 0, 0, 0]); // timestamps past the end
         assert_eq!(syn_mss_option(&seg), None);
         seg[20..28].copy_from_slice(&[2, 4, 0x05, 0xb4, 0, 0, 0, 0]);
-        seg[tcp::FLAGS] = 0x10; // ACK only
+        seg[13] = 0x10; // ACK only
         assert_eq!(syn_mss_option(&seg), None);
-        seg[tcp::FLAGS] = 0x12; // SYN-ACK
+        seg[13] = 0x12; // SYN-ACK
         assert_eq!(syn_mss_option(&seg), Some(20));
         seg[12] = 4 << 4; // header shorter than 20 bytes
         assert_eq!(syn_mss_option(&seg), None);

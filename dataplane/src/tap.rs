@@ -10,7 +10,7 @@
 //! With [`TapOptions::offloads`] the kernel may hand us TCP super-frames of
 //! up to 64 KiB with partial checksums (TSO, checksum offload): one read then
 //! carries what would otherwise take ~45. Split them with
-//! [`offload::segment`](crate::offload::segment) and, in the other
+//! [`offload::segment`](crate::offload::segment()) and, in the other
 //! direction, merge segments with [`Coalescer`](crate::offload::Coalescer)
 //! before writing. The [`FrameDevice`] implementation does the splitting for
 //! you, one plain frame per `recv`, for shells that do not batch.
@@ -591,7 +591,7 @@ impl AsFd for Tap {
 /// I/O errors other than "nothing to read" are reported as
 /// [`DeviceError::Disconnected`]: `DeviceError` has no I/O variant yet.
 /// Shells that care about throughput use [`Tap::read`] and the
-/// [`offload`](crate::offload) functions directly.
+/// [`offload`] functions directly.
 impl FrameDevice for Tap {
     fn mtu(&self) -> usize {
         self.mtu

@@ -1,8 +1,9 @@
 //! EtherIP packets and the IPv4/IPv6 headers around them arrive from the
 //! network (raw RFC 3378) or from a WireGuard peer, which may run anything.
 #![no_main]
+use hinan_dataplane::wire::{Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr};
 use hinan_vpn::etherip::{self, Compat, EtherIpPacket, EtherIpRepr};
-use hinan_vpn::ip::{self, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr};
+use hinan_vpn::ip;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

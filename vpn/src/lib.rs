@@ -1,20 +1,28 @@
-//! hinan's L2 VPN: the EtherIP (RFC 3378) wire format, and WireGuard sessions
-//! through boringtun's sans-IO `noise` module.
+//! hinan's L2 VPN: the EtherIP (RFC 3378) wire format, WireGuard sessions
+//! through boringtun's sans-IO `noise` module, and the endpoint that joins
+//! `hinan_dataplane`'s bridge and TAP device to the tunnels.
 //!
-//! This crate owns the pure cores that join two campus segments at layer 2:
+//! The pure cores that join two campus segments at layer 2:
 //!
 //! * [`etherip`]: the two-byte EtherIP header in front of an Ethernet frame,
 //!   with a compatibility option for old FreeBSD's reversed header;
-//! * [`ip`]: the IPv4 and IPv6 headers with protocol 97 that carry EtherIP,
-//!   on the wire (RFC 3378) and inside WireGuard, which only carries IP;
+//! * [`ip`]: wrapping a frame as `IP(protocol 97) | EtherIP | frame` and
+//!   back, on the wire (RFC 3378) and inside WireGuard, which only carries
+//!   IP; the IPv4 and IPv6 headers themselves are `hinan_dataplane::wire`'s;
 //! * [`mtu`]: how large the bridged segment's MTU may be for each transport;
 //! * [`session`]: one WireGuard peer as a state machine that turns frames
-//!   into datagrams and back, borrowing the caller's buffers.
+//!   into datagrams and back, borrowing the caller's buffers;
+//! * [`config`]: the `[vpn]` configuration table, checked and resolved.
 //!
-//! No sockets and no TAP devices live here: the shell that reads frames from
-//! TAP and datagrams from UDP, and the lab tests against real peers, are
-//! still to come in the L2 VPN issue. Until then the lab joins the campus
-//! segments with a plain veth pair.
+//! The shell around them:
+//!
+//! * [`socket`]: the raw protocol-97 and UDP tunnel sockets, read and
+//!   written in batches (`recvmmsg`/`sendmmsg`, UDP GSO and GRO);
+//! * [`endpoint`]: the threads that move frames between the campus TAP, the
+//!   bridge and the tunnel socket, and the timers of the WireGuard sessions.
+//!
+//! `vpn` sits on `hinan_dataplane` (wire formats, TAP, bridge, offloads, MSS
+//! clamp) and on no other hinan crate.
 
 pub mod config;
 pub mod endpoint;

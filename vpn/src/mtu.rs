@@ -27,7 +27,7 @@
 //!   ([`VLAN_TAG_LEN`]) out of the inner MTU.
 
 use crate::etherip::{self, ETHERNET_HEADER_LEN};
-use crate::ip::{IPV4_HEADER_LEN, IPV6_HEADER_LEN};
+use hinan_dataplane::wire::{IPV4_HEADER_LEN, IPV6_HEADER_LEN};
 
 /// The path MTU the table and the constants assume: plain Ethernet.
 pub const ETHERNET_PATH_MTU: usize = 1500;

@@ -556,7 +556,7 @@ mod tests {
             0x45, 0x00, 0x00, 0x20, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 10, 0, 0, 1,
             10, 0, 0, 2, 0x16, 0x2e, 0x00, 0x17, 0x00, 0x0c, 0x00, 0x00, 0, 1, 2, 3,
         ];
-        crate::ip::Ipv4Packet::new_unchecked(&mut udp[..]).fill_checksum();
+        hinan_dataplane::wire::Ipv4Packet::new_unchecked(&mut udp[..]).fill_checksum();
         let data = match plain.encapsulate(&udp, &mut out) {
             TunnResult::WriteToNetwork(d) => d.to_vec(),
             _ => panic!("no data"),

@@ -13,9 +13,12 @@
 
 use std::io;
 use std::mem::{size_of, zeroed};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
+
+use hinan_dataplane::wire::Ipv4Packet;
+use socket2::{Domain, Protocol, SockAddr, SockAddrStorage, Socket, Type};
 
 /// The IP protocol number of EtherIP.
 pub const IPPROTO_ETHERIP: i32 = 97;
@@ -25,92 +28,42 @@ pub const RECV_BUF_LEN: usize = 65_536;
 /// Most datagrams one GSO send may carry (the kernel's UDP_MAX_SEGMENTS).
 pub const MAX_GSO_SEGMENTS: usize = 64;
 /// Socket buffers asked for; as root, above the sysctl limits.
-const SOCKET_BUF: i32 = 8 << 20;
-const SOL_UDP: i32 = 17;
-const UDP_SEGMENT: i32 = 103;
-const UDP_GRO: i32 = 104;
+const SOCKET_BUF: usize = 8 << 20;
 
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
+/// The raw `setsockopt` for the options socket2 does not offer: the
+/// `*BUFFORCE` buffer sizes, path MTU discovery and UDP GRO. socket2 has no
+/// `recvmmsg`/`sendmmsg` nor a `UDP_SEGMENT` cmsg either, so the batched
+/// sends and receives below stay on libc too; everything else (opening,
+/// binding, addresses, timeouts, plain buffer sizes) goes through socket2.
+mod sys {
+    use std::io;
+    use std::mem::size_of;
+    use std::os::fd::RawFd;
+
+    pub(super) const SOL_UDP: i32 = 17;
+    pub(super) const UDP_SEGMENT: i32 = 103;
+    pub(super) const UDP_GRO: i32 = 104;
+
+    pub(super) fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+        if ret < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(ret)
+        }
     }
-}
 
-fn setsockopt<T>(fd: RawFd, level: i32, name: i32, value: T) -> io::Result<()> {
-    // SAFETY: `value` lives for the call and its size is passed with it.
-    let ret = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&value as *const T).cast(),
-            size_of::<T>() as libc::socklen_t,
-        )
-    };
-    cvt(ret).map(drop)
-}
-
-/// A socket address in the C layout, and its length.
-fn to_sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: all-zero is a valid sockaddr_storage.
-    let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
-    let len = match addr {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
-            size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: a.scope_id(),
-            };
-            // SAFETY: as above, for sockaddr_in6.
-            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
-            size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, len as libc::socklen_t)
-}
-
-fn from_sockaddr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    match i32::from(storage.ss_family) {
-        libc::AF_INET => {
-            // SAFETY: the family says the storage holds a sockaddr_in.
-            let sin: libc::sockaddr_in =
-                unsafe { std::ptr::read((storage as *const libc::sockaddr_storage).cast()) };
-            Some(SocketAddr::V4(SocketAddrV4::new(
-                Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes()),
-                u16::from_be(sin.sin_port),
-            )))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says the storage holds a sockaddr_in6.
-            let sin6: libc::sockaddr_in6 =
-                unsafe { std::ptr::read((storage as *const libc::sockaddr_storage).cast()) };
-            Some(SocketAddr::V6(SocketAddrV6::new(
-                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
-                u16::from_be(sin6.sin6_port),
-                0,
-                sin6.sin6_scope_id,
-            )))
-        }
-        _ => None,
+    pub(super) fn setsockopt<T>(fd: RawFd, level: i32, name: i32, value: T) -> io::Result<()> {
+        // SAFETY: `value` lives for the call and its size is passed with it.
+        let ret = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&value as *const T).cast(),
+                size_of::<T>() as libc::socklen_t,
+            )
+        };
+        cvt(ret).map(drop)
     }
 }
 
@@ -126,7 +79,7 @@ pub enum SocketKind {
 /// A bound tunnel socket.
 #[derive(Debug)]
 pub struct TunnelSocket {
-    fd: OwnedFd,
+    socket: Socket,
     kind: SocketKind,
     local: SocketAddr,
     gso: bool,
@@ -134,7 +87,7 @@ pub struct TunnelSocket {
 
 impl AsRawFd for TunnelSocket {
     fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.socket.as_raw_fd()
     }
 }
 
@@ -142,64 +95,54 @@ impl TunnelSocket {
     /// Opens and binds the socket. Reads time out after `read_timeout` so
     /// the reading thread can notice a shutdown.
     pub fn bind(kind: SocketKind, local: SocketAddr, read_timeout: Duration) -> io::Result<Self> {
-        let family = if local.is_ipv4() {
-            libc::AF_INET
-        } else {
-            libc::AF_INET6
-        };
         let (ty, proto) = match kind {
-            SocketKind::Raw => (libc::SOCK_RAW, IPPROTO_ETHERIP),
-            SocketKind::Udp => (libc::SOCK_DGRAM, libc::IPPROTO_UDP),
+            SocketKind::Raw => (Type::RAW, Protocol::from(IPPROTO_ETHERIP)),
+            SocketKind::Udp => (Type::DGRAM, Protocol::UDP),
         };
-        // SAFETY: plain socket(2) call.
-        let fd = cvt(unsafe { libc::socket(family, ty | libc::SOCK_CLOEXEC, proto) })?;
-        // SAFETY: fd was just returned by socket(2) and is owned here only.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let raw = fd.as_raw_fd();
-        let (addr, len) = to_sockaddr(local);
-        // SAFETY: addr/len describe a valid sockaddr.
-        cvt(unsafe { libc::bind(raw, (&addr as *const libc::sockaddr_storage).cast(), len) })?;
-        for (name, force) in [
-            (libc::SO_RCVBUF, libc::SO_RCVBUFFORCE),
-            (libc::SO_SNDBUF, libc::SO_SNDBUFFORCE),
-        ] {
-            if setsockopt(raw, libc::SOL_SOCKET, force, SOCKET_BUF).is_err() {
-                setsockopt(raw, libc::SOL_SOCKET, name, SOCKET_BUF)?;
-            }
+        // socket2 opens it with SOCK_CLOEXEC.
+        let socket = Socket::new(Domain::for_address(local), ty, Some(proto))?;
+        socket.bind(&SockAddr::from(local))?;
+        let raw = socket.as_raw_fd();
+        let force = |name| sys::setsockopt(raw, libc::SOL_SOCKET, name, SOCKET_BUF as i32);
+        if force(libc::SO_RCVBUFFORCE).is_err() {
+            socket.set_recv_buffer_size(SOCKET_BUF)?;
+        }
+        if force(libc::SO_SNDBUFFORCE).is_err() {
+            socket.set_send_buffer_size(SOCKET_BUF)?;
         }
         if local.is_ipv4() {
-            setsockopt(
+            sys::setsockopt(
                 raw,
                 libc::IPPROTO_IP,
                 libc::IP_MTU_DISCOVER,
                 libc::IP_PMTUDISC_DONT,
             )?;
         } else {
-            setsockopt(
+            sys::setsockopt(
                 raw,
                 libc::IPPROTO_IPV6,
                 libc::IPV6_MTU_DISCOVER,
                 libc::IP_PMTUDISC_DONT,
             )?;
         }
-        let tv = libc::timeval {
-            tv_sec: read_timeout.as_secs() as libc::time_t,
-            tv_usec: read_timeout.subsec_micros() as libc::suseconds_t,
-        };
-        setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVTIMEO, tv)?;
+        socket.set_read_timeout(Some(read_timeout))?;
         let mut gso = false;
         if kind == SocketKind::Udp {
             // Both are optimisations; an old kernel without them still works.
-            let _ = setsockopt(raw, SOL_UDP, UDP_GRO, 1i32);
+            let _ = sys::setsockopt(raw, sys::SOL_UDP, sys::UDP_GRO, 1i32);
             gso = true;
         }
         let local = if local.port() == 0 && kind == SocketKind::Udp {
-            local_addr(raw).unwrap_or(local)
+            socket
+                .local_addr()
+                .ok()
+                .and_then(|addr| addr.as_socket())
+                .unwrap_or(local)
         } else {
             local
         };
         Ok(TunnelSocket {
-            fd,
+            socket,
             kind,
             local,
             gso,
@@ -250,7 +193,7 @@ impl TunnelSocket {
     /// Sends the datagrams laid end to end in `data`, of lengths `lens`, to
     /// `to` with `sendmmsg`.
     pub fn send_many(&self, data: &[u8], lens: &[usize], to: SocketAddr) -> io::Result<()> {
-        let (mut addr, addr_len) = to_sockaddr(to);
+        let addr = SockAddr::from(to);
         let mut iovs = Vec::with_capacity(lens.len());
         let mut at = 0;
         for &len in lens {
@@ -271,8 +214,9 @@ impl TunnelSocket {
             .map(|iov| {
                 // SAFETY: all-zero mmsghdr is valid; pointers set here outlive the call.
                 let mut m: libc::mmsghdr = unsafe { zeroed() };
-                m.msg_hdr.msg_name = (&mut addr as *mut libc::sockaddr_storage).cast();
-                m.msg_hdr.msg_namelen = addr_len;
+                // The kernel only reads the name of a message it sends.
+                m.msg_hdr.msg_name = addr.as_ptr().cast_mut().cast();
+                m.msg_hdr.msg_namelen = addr.len();
                 m.msg_hdr.msg_iov = iov;
                 m.msg_hdr.msg_iovlen = 1;
                 m
@@ -283,7 +227,7 @@ impl TunnelSocket {
             // SAFETY: msgs[sent..] point at live buffers for the call.
             let ret = unsafe {
                 libc::sendmmsg(
-                    self.fd.as_raw_fd(),
+                    self.socket.as_raw_fd(),
                     msgs[sent..].as_mut_ptr(),
                     (msgs.len() - sent) as libc::c_uint,
                     0,
@@ -304,7 +248,7 @@ impl TunnelSocket {
     }
 
     fn send_segments(&self, bufs: &[&[u8]], to: SocketAddr, gso: Option<u16>) -> io::Result<()> {
-        let (mut addr, len) = to_sockaddr(to);
+        let addr = SockAddr::from(to);
         let mut iov: [libc::iovec; 4] =
             // SAFETY: all-zero iovecs are valid (and unused past iov_len).
             unsafe { zeroed() };
@@ -317,8 +261,8 @@ impl TunnelSocket {
         let mut control = [0u64; 4];
         // SAFETY: all-zero msghdr is valid; pointers set below outlive the call.
         let mut msg: libc::msghdr = unsafe { zeroed() };
-        msg.msg_name = (&mut addr as *mut libc::sockaddr_storage).cast();
-        msg.msg_namelen = len;
+        msg.msg_name = addr.as_ptr().cast_mut().cast();
+        msg.msg_namelen = addr.len();
         msg.msg_iov = iov.as_mut_ptr();
         msg.msg_iovlen = n;
         if let Some(segment) = gso {
@@ -327,15 +271,15 @@ impl TunnelSocket {
                 msg.msg_control = control.as_mut_ptr().cast();
                 msg.msg_controllen = libc::CMSG_SPACE(size_of::<u16>() as u32) as usize;
                 let cmsg = libc::CMSG_FIRSTHDR(&msg);
-                (*cmsg).cmsg_level = SOL_UDP;
-                (*cmsg).cmsg_type = UDP_SEGMENT;
+                (*cmsg).cmsg_level = sys::SOL_UDP;
+                (*cmsg).cmsg_type = sys::UDP_SEGMENT;
                 (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
                 std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), segment);
             }
         }
         loop {
             // SAFETY: msg points at live buffers for the call.
-            let ret = unsafe { libc::sendmsg(self.fd.as_raw_fd(), &msg, 0) };
+            let ret = unsafe { libc::sendmsg(self.socket.as_raw_fd(), &msg, 0) };
             if ret >= 0 {
                 return Ok(());
             }
@@ -350,21 +294,6 @@ impl TunnelSocket {
     }
 }
 
-fn local_addr(fd: RawFd) -> Option<SocketAddr> {
-    // SAFETY: zeroed storage is valid; getsockname fills at most len bytes.
-    let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
-    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: as above.
-    let ret = unsafe {
-        libc::getsockname(
-            fd,
-            (&mut storage as *mut libc::sockaddr_storage).cast(),
-            &mut len,
-        )
-    };
-    (ret == 0).then(|| from_sockaddr(&storage)).flatten()
-}
-
 /// One received message: its source and where its datagrams lie.
 #[derive(Debug, Clone, Copy)]
 pub struct Received {
@@ -375,10 +304,18 @@ pub struct Received {
     pub segment: usize,
 }
 
+/// The source address the kernel wrote into `name` (`len` bytes of it), with
+/// the IPv6 scope id; `None` for a family other than IPv4 or IPv6.
+fn received_from(name: SockAddrStorage, len: libc::socklen_t) -> Option<SocketAddr> {
+    // SAFETY: `name` is zeroed storage into which the kernel wrote at most
+    // `len` bytes of a socket address.
+    unsafe { SockAddr::new(name, len) }.as_socket()
+}
+
 /// Buffers for `recvmmsg`.
 pub struct RecvBatch {
     bufs: Vec<Vec<u8>>,
-    names: Vec<libc::sockaddr_storage>,
+    names: Vec<SockAddrStorage>,
     controls: Vec<[u64; 8]>,
     iovs: Vec<libc::iovec>,
     msgs: Vec<libc::mmsghdr>,
@@ -402,8 +339,7 @@ impl RecvBatch {
     pub fn new(slots: usize, buf_len: usize) -> RecvBatch {
         RecvBatch {
             bufs: (0..slots).map(|_| vec![0; buf_len]).collect(),
-            // SAFETY: all-zero C structs are valid.
-            names: vec![unsafe { zeroed() }; slots],
+            names: (0..slots).map(|_| SockAddrStorage::zeroed()).collect(),
             controls: vec![[0; 8]; slots],
             iovs: vec![
                 libc::iovec {
@@ -428,8 +364,8 @@ impl RecvBatch {
                 iov_len: self.bufs[i].len(),
             };
             let hdr = &mut self.msgs[i].msg_hdr;
-            hdr.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
-            hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            hdr.msg_name = (&mut self.names[i] as *mut SockAddrStorage).cast();
+            hdr.msg_namelen = self.names[i].size_of();
             hdr.msg_iov = &mut self.iovs[i];
             hdr.msg_iovlen = 1;
             hdr.msg_control = self.controls[i].as_mut_ptr().cast();
@@ -456,7 +392,8 @@ impl RecvBatch {
             };
         }
         for i in 0..ret as usize {
-            let Some(from) = from_sockaddr(&self.names[i]) else {
+            let name = std::mem::replace(&mut self.names[i], SockAddrStorage::zeroed());
+            let Some(from) = received_from(name, self.msgs[i].msg_hdr.msg_namelen) else {
                 continue;
             };
             let mut segment = 0;
@@ -465,7 +402,7 @@ impl RecvBatch {
             unsafe {
                 let mut cmsg = libc::CMSG_FIRSTHDR(hdr);
                 while !cmsg.is_null() {
-                    if (*cmsg).cmsg_level == SOL_UDP && (*cmsg).cmsg_type == UDP_GRO {
+                    if (*cmsg).cmsg_level == sys::SOL_UDP && (*cmsg).cmsg_type == sys::UDP_GRO {
                         segment =
                             std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>()) as usize;
                     }
@@ -501,31 +438,31 @@ pub fn datagrams(msg: &[u8], segment: usize) -> impl Iterator<Item = &[u8]> {
 }
 
 /// The source of a raw IPv4 read, which includes the IP header, and the
-/// protocol-97 payload after it; `None` if the header is unreadable.
+/// protocol-97 payload after it; `None` if the header is unreadable. The
+/// header checksum is the kernel's to check.
 pub fn strip_ipv4_header(packet: &[u8]) -> Option<(IpAddr, &[u8])> {
-    let first = *packet.first()?;
-    if first >> 4 != 4 {
-        return None;
-    }
-    let ihl = usize::from(first & 0x0f) * 4;
-    let total = usize::from(u16::from_be_bytes([*packet.get(2)?, *packet.get(3)?]));
-    if ihl < 20 || total < ihl || total > packet.len() {
-        return None;
-    }
-    let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
-    Some((IpAddr::V4(src), &packet[ihl..total]))
+    let ip = Ipv4Packet::new_checked(packet).ok()?;
+    let payload = packet.get(ip.header_len()..usize::from(ip.total_len()))?;
+    Some((IpAddr::V4(ip.src_addr()), payload))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     #[test]
     fn sockaddr_round_trip() {
-        for text in ["198.18.1.2:51820", "[2001:db8::1]:7", "0.0.0.0:0"] {
+        for text in [
+            "198.18.1.2:51820",
+            "[2001:db8::1]:7",
+            "0.0.0.0:0",
+            "[fe80::1%3]:51820",
+        ] {
             let sa: SocketAddr = text.parse().unwrap();
-            let (storage, _) = to_sockaddr(sa);
-            assert_eq!(from_sockaddr(&storage), Some(sa));
+            let name = SockAddr::from(sa);
+            let len = name.len();
+            assert_eq!(received_from(name.as_storage(), len), Some(sa));
         }
     }
 
@@ -544,6 +481,31 @@ mod tests {
         let mut bad = p.clone();
         bad[0] = 0x44;
         assert!(strip_ipv4_header(&bad).is_none());
+    }
+
+    #[test]
+    fn raw_etherip_on_loopback_carries_the_payload_behind_an_ipv4_header() {
+        // Needs root or CAP_NET_RAW, as the VPN does.
+        let timeout = Duration::from_millis(500);
+        let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let socket = TunnelSocket::bind(SocketKind::Raw, local, timeout).unwrap();
+        let payload = [0x30, 0x00, 0xde, 0xad, 0xbe, 0xef];
+        socket
+            .send_to(&[&payload[..2], &payload[2..]], local)
+            .unwrap();
+        let mut batch = RecvBatch::new(4, RECV_BUF_LEN);
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        let mut got = None;
+        while got.is_none() && std::time::Instant::now() < deadline {
+            batch.recv(&socket).unwrap();
+            got = batch.messages().find_map(|(r, msg)| {
+                strip_ipv4_header(msg).map(|(src, p)| (r.from, src, p.to_vec()))
+            });
+        }
+        let (from, src, got) = got.expect("the datagram came back");
+        assert_eq!(from.ip(), IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(src, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(got, payload);
     }
 
     #[test]
