@@ -1,19 +1,22 @@
-//! The real checks behind [`crate::monitor`]: ICMP echo over a raw socket,
+//! The real checks behind [`crate::core::monitor`]: ICMP echo over a raw socket,
 //! TCP connect, and HTTP/1.0 GET. Each is bounded by its timeout and returns
 //! the round-trip time or an error an operator can read.
 
 use std::io;
-use std::mem;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use thiserror::Error;
-use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::time::{timeout_at, Instant};
+
+mod http;
+mod icmp;
+mod tcp;
+
+pub use http::http_get;
+use http::parse_status_line;
+pub use icmp::icmp_echo;
+use icmp::{icmp_from, EchoRepr};
+pub use tcp::tcp_connect;
 
 use crate::core::monitor::{CheckKind, ServiceCheck, VmId, VmTarget};
 
@@ -106,103 +109,6 @@ pub async fn run_check(target: &VmTarget, kind: CheckKind, timeout: Duration) ->
     CheckOutcome { kind, result }
 }
 
-/// Accepts a TCP connection to `addr` within `timeout`.
-pub async fn tcp_connect(addr: SocketAddr, timeout: Duration) -> Result<Duration, CheckError> {
-    let start = Instant::now();
-    connect(addr, start + timeout, timeout).await?;
-    Ok(start.elapsed())
-}
-
-async fn connect(
-    addr: SocketAddr,
-    deadline: Instant,
-    timeout: Duration,
-) -> Result<TcpStream, CheckError> {
-    timeout_at(deadline, TcpStream::connect(addr))
-        .await
-        .map_err(|_| CheckError::ConnectTimeout { addr, timeout })?
-        .map_err(|error| CheckError::Connect { addr, error })
-}
-
-/// The longest status line we wait for; a health endpoint's is about 20 bytes.
-const MAX_STATUS_LINE: usize = 1024;
-
-/// Sends `GET path HTTP/1.0` with `Host: host` to `addr` and succeeds when the
-/// status line arrives within `timeout` and carries `expect_status`. The body
-/// is not read.
-pub async fn http_get(
-    addr: SocketAddr,
-    host: &str,
-    path: &str,
-    expect_status: u16,
-    timeout: Duration,
-) -> Result<Duration, CheckError> {
-    if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_whitespace() || b < 0x20) {
-        return Err(CheckError::InvalidRequest(format!(
-            "path {path:?} must start with '/' and hold no spaces or control characters"
-        )));
-    }
-    if host.is_empty() || host.bytes().any(|b| b.is_ascii_whitespace() || b < 0x20) {
-        return Err(CheckError::InvalidRequest(format!(
-            "host {host:?} must be non-empty and hold no spaces or control characters"
-        )));
-    }
-    let start = Instant::now();
-    let deadline = start + timeout;
-    let mut stream = connect(addr, deadline, timeout).await?;
-    let request = format!(
-        "GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: hinan-monitor\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-    );
-    let exchange = async {
-        stream.write_all(request.as_bytes()).await?;
-        let mut head = Vec::with_capacity(128);
-        let mut chunk = [0u8; 256];
-        loop {
-            if let Some(end) = head.iter().position(|&b| b == b'\n') {
-                head.truncate(end);
-                if head.last() == Some(&b'\r') {
-                    head.pop();
-                }
-                return Ok(Some(head));
-            }
-            if head.len() > MAX_STATUS_LINE {
-                return Ok(None);
-            }
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok(Some(head));
-            }
-            head.extend_from_slice(&chunk[..n]);
-        }
-    };
-    let line = timeout_at(deadline, exchange)
-        .await
-        .map_err(|_| CheckError::HttpTimeout { addr, timeout })?
-        .map_err(|error| CheckError::HttpIo { addr, error })?
-        .ok_or_else(|| CheckError::MalformedResponse {
-            addr,
-            detail: format!("no status line in the first {MAX_STATUS_LINE} bytes"),
-        })?;
-    let got = parse_status_line(&line).ok_or_else(|| CheckError::MalformedResponse {
-        addr,
-        detail: if line.is_empty() {
-            "connection closed before a status line".to_string()
-        } else {
-            format!(
-                "{:?} is not an HTTP status line",
-                String::from_utf8_lossy(&line)
-            )
-        },
-    })?;
-    if got != expect_status {
-        return Err(CheckError::UnexpectedStatus {
-            got,
-            expected: expect_status,
-        });
-    }
-    Ok(start.elapsed())
-}
-
 /// Entry point for the fuzz targets: every parser here of bytes a VM sends back.
 #[doc(hidden)]
 pub fn fuzz_untrusted(data: &[u8]) {
@@ -221,275 +127,18 @@ pub fn fuzz_untrusted(data: &[u8]) {
     let _ = parse_status_line(data);
 }
 
-/// The status code of `HTTP/1.x SSS reason`, without the line ending.
-fn parse_status_line(line: &[u8]) -> Option<u16> {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let rest = line.strip_prefix(b"HTTP/1.")?;
-    let (&minor, rest) = rest.split_first()?;
-    let rest = rest.strip_prefix(b" ")?;
-    if !minor.is_ascii_digit() || rest.len() < 3 || rest.get(3).is_some_and(|&b| b != b' ') {
-        return None;
-    }
-    let code = &rest[..3];
-    if !code.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(code.iter().fold(0u16, |n, &d| n * 10 + u16::from(d - b'0')))
-}
-
-/// An ICMP echo request or reply (RFC 792).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct EchoRepr<'a> {
-    reply: bool,
-    ident: u16,
-    seq_no: u16,
-    data: &'a [u8],
-}
-
-const ICMP_ECHO_REPLY: u8 = 0;
-const ICMP_ECHO_REQUEST: u8 = 8;
-const ICMP_HEADER_LEN: usize = 8;
-/// `ICMP_FILTER` from linux/icmp.h: a raw socket option (level `SOL_RAW`)
-/// whose bit `1 << type` drops ICMP messages of that type.
-const ICMP_FILTER: libc::c_int = 1;
-
-impl<'a> EchoRepr<'a> {
-    /// Parses an ICMP message (no IP header). Anything but a well-formed echo
-    /// with a correct checksum is `None`.
-    fn parse(icmp: &'a [u8]) -> Option<Self> {
-        if icmp.len() < ICMP_HEADER_LEN || internet_checksum(icmp) != 0 || icmp[1] != 0 {
-            return None;
-        }
-        let reply = match icmp[0] {
-            ICMP_ECHO_REPLY => true,
-            ICMP_ECHO_REQUEST => false,
-            _ => return None,
-        };
-        Some(Self {
-            reply,
-            ident: u16::from_be_bytes([icmp[4], icmp[5]]),
-            seq_no: u16::from_be_bytes([icmp[6], icmp[7]]),
-            data: &icmp[ICMP_HEADER_LEN..],
-        })
-    }
-
-    fn buffer_len(&self) -> usize {
-        ICMP_HEADER_LEN + self.data.len()
-    }
-
-    fn emit(&self) -> Vec<u8> {
-        let mut buf = Vec::with_capacity(self.buffer_len());
-        buf.push(if self.reply {
-            ICMP_ECHO_REPLY
-        } else {
-            ICMP_ECHO_REQUEST
-        });
-        buf.push(0);
-        buf.extend_from_slice(&[0, 0]);
-        buf.extend_from_slice(&self.ident.to_be_bytes());
-        buf.extend_from_slice(&self.seq_no.to_be_bytes());
-        buf.extend_from_slice(self.data);
-        let checksum = internet_checksum(&buf);
-        buf[2..4].copy_from_slice(&checksum.to_be_bytes());
-        buf
-    }
-}
-
-/// The RFC 1071 checksum; 0 over a message that carries a correct one.
-fn internet_checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// The ICMP message inside an IPv4 datagram from `from`, as a raw socket
-/// returns it; `None` for anything else.
-fn icmp_from(datagram: &[u8], from: Ipv4Addr) -> Option<&[u8]> {
-    let header_len = usize::from(datagram.first()? & 0x0f) * 4;
-    let version = datagram[0] >> 4;
-    if version != 4 || header_len < 20 || datagram.len() < header_len {
-        return None;
-    }
-    let protocol = datagram[9];
-    let source = Ipv4Addr::new(datagram[12], datagram[13], datagram[14], datagram[15]);
-    (protocol == libc::IPPROTO_ICMP as u8 && source == from).then(|| &datagram[header_len..])
-}
-
-/// Makes every echo request of this process distinct, so concurrent checks
-/// (and other pingers on the host) never take each other's replies.
-static ECHO_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Sends one ICMP echo request to `addr` and waits up to `timeout` for the
-/// matching reply (same identifier, sequence number and payload). Needs root
-/// or `CAP_NET_RAW`: it uses a raw socket.
-pub async fn icmp_echo(addr: Ipv4Addr, timeout: Duration) -> Result<Duration, CheckError> {
-    let start = Instant::now();
-    match tokio::time::timeout_at(start + timeout, echo(addr, start)).await {
-        Ok(result) => result,
-        Err(_) => Err(CheckError::NoEchoReply { addr, timeout }),
-    }
-}
-
-async fn echo(addr: Ipv4Addr, start: Instant) -> Result<Duration, CheckError> {
-    let socket = RawIcmpSocket::connect(addr)?;
-    let count = ECHO_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut token = [0u8; 16];
-    token[..8].copy_from_slice(b"hinan-mn");
-    token[8..].copy_from_slice(&count.to_be_bytes());
-    let request = EchoRepr {
-        reply: false,
-        ident: std::process::id() as u16,
-        seq_no: count as u16,
-        data: &token,
-    };
-    socket
-        .send(&request.emit())
-        .await
-        .map_err(|error| CheckError::IcmpSend { addr, error })?;
-    let mut buf = [0u8; 1500];
-    loop {
-        let n = socket
-            .recv(&mut buf)
-            .await
-            .map_err(|error| CheckError::IcmpReceive { addr, error })?;
-        let reply = icmp_from(&buf[..n], addr).and_then(EchoRepr::parse);
-        if reply.is_some_and(|r| {
-            r == EchoRepr {
-                reply: true,
-                ..request
-            }
-        }) {
-            return Ok(start.elapsed());
-        }
-    }
-}
-
-/// A non-blocking raw IPv4 ICMP socket connected to one address, so the
-/// kernel hands it only that address's ICMP and, by filter, only echo replies.
-#[derive(Debug)]
-struct RawIcmpSocket {
-    fd: AsyncFd<OwnedFd>,
-}
-
-impl RawIcmpSocket {
-    fn connect(addr: Ipv4Addr) -> Result<Self, CheckError> {
-        // SAFETY: socket(2) takes no pointers; a non-negative result is a new
-        // descriptor that nothing else owns.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_INET,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                libc::IPPROTO_ICMP,
-            )
-        };
-        if raw < 0 {
-            return Err(CheckError::IcmpSocket(io::Error::last_os_error()));
-        }
-        // SAFETY: `raw` is a valid descriptor owned by no one else.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let filter: u32 = !(1 << ICMP_ECHO_REPLY);
-        // SAFETY: the option value points at a live u32 of the given length.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_RAW,
-                ICMP_FILTER,
-                (&filter as *const u32).cast(),
-                mem::size_of::<u32>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(CheckError::IcmpSocket(io::Error::last_os_error()));
-        }
-        let sin = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: 0,
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(addr).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
-        // SAFETY: the address points at a live sockaddr_in of the given length.
-        let rc = unsafe {
-            libc::connect(
-                fd.as_raw_fd(),
-                (&sin as *const libc::sockaddr_in).cast(),
-                mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            // Connecting a raw socket only looks up the route.
-            let error = io::Error::last_os_error();
-            return Err(CheckError::IcmpSend { addr, error });
-        }
-        // SAFETY: the OwnedFd keeps this descriptor open, and always returns
-        // it, for as long as the AsyncFd owns it.
-        let fd = unsafe { AsyncFd::register(fd) }
-            .map_err(|e| CheckError::IcmpSocket(e.into_parts().1))?;
-        Ok(Self { fd })
-    }
-
-    async fn send(&self, message: &[u8]) -> io::Result<()> {
-        loop {
-            let mut guard = self.fd.writable().await?;
-            let sent = guard.try_io(|fd| {
-                // SAFETY: the buffer is live and `message.len()` bytes long.
-                let n = unsafe {
-                    libc::send(fd.as_raw_fd(), message.as_ptr().cast(), message.len(), 0)
-                };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            });
-            match sent {
-                Ok(Ok(n)) if n == message.len() => return Ok(()),
-                Ok(Ok(n)) => {
-                    return Err(io::Error::other(format!(
-                        "sent {n} of {} bytes",
-                        message.len()
-                    )))
-                }
-                Ok(Err(e)) => return Err(e),
-                Err(_would_block) => continue,
-            }
-        }
-    }
-
-    async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            let mut guard = self.fd.readable().await?;
-            let received = guard.try_io(|fd| {
-                // SAFETY: the buffer is live and `buf.len()` bytes long.
-                let n =
-                    unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            });
-            match received {
-                Ok(result) => return result,
-                Err(_would_block) => continue,
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::core::monitor::MonitorConfig;
+    use hinan_dataplane::wire::checksum;
+    use std::mem;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
     use tokio::sync::Mutex;
+    use tokio::time::Instant;
 
     /// The first echo request of Windows `ping` (identifier 1, sequence 1),
     /// as every capture of it shows.
@@ -544,7 +193,7 @@ mod tests {
         let mut unreachable = WINDOWS_PING.to_vec();
         unreachable[0] = 3;
         unreachable[2..4].copy_from_slice(&[0, 0]);
-        let checksum = internet_checksum(&unreachable);
+        let checksum = checksum(&unreachable);
         unreachable[2..4].copy_from_slice(&checksum.to_be_bytes());
         assert_eq!(
             EchoRepr::parse(&unreachable),
@@ -556,6 +205,8 @@ mod tests {
     fn ipv4_datagram(header_words: u8, protocol: u8, source: [u8; 4], payload: &[u8]) -> Vec<u8> {
         let mut d = vec![0u8; usize::from(header_words) * 4];
         d[0] = 0x40 | header_words;
+        let total = (d.len() + payload.len()) as u16;
+        d[2..4].copy_from_slice(&total.to_be_bytes());
         d[9] = protocol;
         d[12..16].copy_from_slice(&source);
         d.extend_from_slice(payload);
