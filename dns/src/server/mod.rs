@@ -32,9 +32,9 @@ pub use serial_file::read_serials;
 
 use notify::{dispatch_notify, NotifyKey};
 use serial_file::write_serials;
-use sys::{pin_to_cpu, reuseport_udp, steer_by_cpu};
+use sys::{pin_to_cpu, steer_by_cpu};
 use tcp::tcp_acceptor;
-use udp::udp_worker;
+use udp::{reuseport_udp, udp_worker};
 
 /// Open TCP connections at most.
 pub const MAX_TCP: usize = 128;

@@ -1,59 +1,26 @@
-//! What the standard library does not offer: `SO_REUSEPORT` sockets with CPU
-//! steering, CPU pinning, socket addresses and `recvmmsg`/`sendmmsg` batches.
+//! The only place where this crate calls libc itself: what socket2 (the seam
+//! for sockets, options and addresses) does not offer.
+//!
+//! * `recvmmsg`/`sendmmsg` batches: socket2 has no mmsg calls, and a syscall
+//!   per query would cost the UDP fast path its throughput;
+//! * `SO_ATTACH_REUSEPORT_CBPF` (socket2 only attaches plain socket filters);
+//! * pinning a thread to a CPU (`sched_setaffinity` is no socket option).
+//!
+//! The vpn crate has a module of its own like this one: dns and vpn share no
+//! crate, and each needs only a few calls.
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::io;
+use std::net::UdpSocket;
+use std::os::fd::AsRawFd;
+
+use socket2::{SockAddr, SockAddrStorage};
 
 use super::udp::{BATCH, BUF};
-
-pub(super) fn reuseport_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
-    let family = if addr.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    // SAFETY: plain socket(2); the fd is owned right away.
-    let fd = unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh, valid descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let one: libc::c_int = 1;
-    for opt in [libc::SO_REUSEPORT, libc::SO_REUSEADDR] {
-        // SAFETY: setsockopt with a pointer to a live c_int and its size.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    let (storage, len) = to_sockaddr(addr);
-    // SAFETY: storage holds a sockaddr of `len` bytes for the socket's family.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&storage as *const libc::sockaddr_storage).cast(),
-            len,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(UdpSocket::from(fd))
-}
 
 /// Sends each query to the socket of the group whose index is the CPU that
 /// received it (modulo the group's size), so that with one pinned worker per
 /// CPU a query is answered where it arrived.
-pub(super) fn steer_by_cpu(sock: &UdpSocket, n: usize) -> std::io::Result<()> {
+pub(super) fn steer_by_cpu(sock: &UdpSocket, n: usize) -> io::Result<()> {
     if n < 2 {
         return Ok(());
     }
@@ -96,7 +63,7 @@ pub(super) fn steer_by_cpu(sock: &UdpSocket, n: usize) -> std::io::Result<()> {
         )
     };
     if rc != 0 {
-        return Err(std::io::Error::last_os_error());
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }
@@ -110,103 +77,229 @@ pub(super) fn pin_to_cpu(cpu: usize) {
     }
 }
 
-pub(super) fn to_sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: sockaddr_storage is plain data; all-zero is a valid value.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    match addr {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_in fits in sockaddr_storage.
-            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
-            (
-                storage,
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        }
-        SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: a.scope_id(),
-            };
-            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
-            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
-            (
-                storage,
-                std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
-            )
-        }
-    }
+/// `BATCH` headers, each pointing at one iovec; the pointers are set right
+/// before every call, so moving the batch never leaves one dangling.
+struct Headers {
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
 }
 
-pub(super) fn from_sockaddr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    match i32::from(s.ss_family) {
-        libc::AF_INET => {
-            // SAFETY: the family says the storage holds a sockaddr_in.
-            let sin: &libc::sockaddr_in = unsafe { &*(s as *const libc::sockaddr_storage).cast() };
-            Some(SocketAddr::new(
-                IpAddr::from(sin.sin_addr.s_addr.to_ne_bytes()),
-                u16::from_be(sin.sin_port),
-            ))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says the storage holds a sockaddr_in6.
-            let sin6: &libc::sockaddr_in6 =
-                unsafe { &*(s as *const libc::sockaddr_storage).cast() };
-            Some(SocketAddr::new(
-                IpAddr::from(sin6.sin6_addr.s6_addr),
-                u16::from_be(sin6.sin6_port),
-            ))
-        }
-        _ => None,
-    }
-}
-
-pub(super) struct Batch {
-    pub(super) bufs: Vec<[u8; BUF]>,
-    pub(super) addrs: Vec<libc::sockaddr_storage>,
-    pub(super) iovs: Vec<libc::iovec>,
-    pub(super) hdrs: Vec<libc::mmsghdr>,
-}
-
-impl Batch {
-    pub(super) fn new() -> Batch {
-        Batch {
-            bufs: vec![[0u8; BUF]; BATCH],
-            // SAFETY: plain C structs; all-zero is a valid value.
-            addrs: vec![unsafe { std::mem::zeroed() }; BATCH],
-            // SAFETY: as above; pointers are set before every use.
-            iovs: vec![unsafe { std::mem::zeroed() }; BATCH],
-            // SAFETY: as above.
+impl Headers {
+    fn new() -> Headers {
+        let iov = libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
+        Headers {
+            iovs: vec![iov; BATCH],
+            // SAFETY: a plain C struct; all-zero is a valid value (null pointers, zero lengths).
             hdrs: vec![unsafe { std::mem::zeroed() }; BATCH],
         }
     }
 
-    /// Points header `i` at buffer `i` (`len` bytes) and address `i`.
-    pub(super) fn arm(&mut self, i: usize, len: usize, addr_len: libc::socklen_t) {
+    /// Points header `i` at `buf` (`len` bytes) and the address `name` (`name_len` bytes).
+    fn arm(
+        &mut self,
+        i: usize,
+        buf: *mut u8,
+        len: usize,
+        name: *mut libc::c_void,
+        name_len: libc::socklen_t,
+    ) {
         self.iovs[i] = libc::iovec {
-            iov_base: self.bufs[i].as_mut_ptr().cast(),
+            iov_base: buf.cast(),
             iov_len: len,
         };
         let h = &mut self.hdrs[i].msg_hdr;
-        h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
-        h.msg_namelen = addr_len;
+        h.msg_name = name;
+        h.msg_namelen = name_len;
         h.msg_iov = &mut self.iovs[i];
         h.msg_iovlen = 1;
         h.msg_control = std::ptr::null_mut();
         h.msg_controllen = 0;
         h.msg_flags = 0;
         self.hdrs[i].msg_len = 0;
+    }
+}
+
+/// Up to `BATCH` datagrams read with one `recvmmsg`.
+pub(super) struct RecvBatch {
+    bufs: Vec<[u8; BUF]>,
+    names: Vec<SockAddrStorage>,
+    sources: Vec<SockAddr>,
+    lens: Vec<usize>,
+    headers: Headers,
+}
+
+impl RecvBatch {
+    pub(super) fn new() -> RecvBatch {
+        let unspecified = SockAddr::from(std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+        RecvBatch {
+            bufs: vec![[0u8; BUF]; BATCH],
+            names: (0..BATCH).map(|_| SockAddrStorage::zeroed()).collect(),
+            sources: vec![unspecified; BATCH],
+            lens: vec![0; BATCH],
+            headers: Headers::new(),
+        }
+    }
+
+    /// Waits for at least one datagram (or the socket's read timeout) and
+    /// reads all that are queued, up to `BATCH`; returns how many.
+    pub(super) fn recv(&mut self, sock: &UdpSocket) -> io::Result<usize> {
+        for i in 0..BATCH {
+            let name_len = self.names[i].size_of();
+            let name: *mut SockAddrStorage = &mut self.names[i];
+            self.headers
+                .arm(i, self.bufs[i].as_mut_ptr(), BUF, name.cast(), name_len);
+        }
+        // SAFETY: every header points at a live buffer of BUF bytes and a live
+        // address storage of its size, all in `self`, untouched during the call.
+        let n = unsafe {
+            libc::recvmmsg(
+                sock.as_raw_fd(),
+                self.headers.hdrs.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        for i in 0..n {
+            let h = &self.headers.hdrs[i];
+            self.lens[i] = h.msg_len as usize;
+            let storage = std::mem::replace(&mut self.names[i], SockAddrStorage::zeroed());
+            // SAFETY: the kernel wrote a socket address of this socket's family
+            // and set its length.
+            self.sources[i] = unsafe { SockAddr::new(storage, h.msg_hdr.msg_namelen) };
+        }
+        Ok(n)
+    }
+
+    /// Datagram `i` of the last [`recv`](Self::recv).
+    pub(super) fn packet(&self, i: usize) -> &[u8] {
+        &self.bufs[i][..self.lens[i]]
+    }
+
+    /// The sender of datagram `i`.
+    pub(super) fn source(&self, i: usize) -> &SockAddr {
+        &self.sources[i]
+    }
+}
+
+/// Up to `BATCH` datagrams written with `sendmmsg`.
+pub(super) struct SendBatch {
+    bufs: Vec<[u8; BUF]>,
+    dests: Vec<SockAddr>,
+    lens: Vec<usize>,
+    headers: Headers,
+}
+
+impl SendBatch {
+    pub(super) fn new() -> SendBatch {
+        let unspecified = SockAddr::from(std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+        SendBatch {
+            bufs: vec![[0u8; BUF]; BATCH],
+            dests: vec![unspecified; BATCH],
+            lens: vec![0; BATCH],
+            headers: Headers::new(),
+        }
+    }
+
+    /// Slot `i`'s buffer, to write a datagram into before [`set`](Self::set).
+    pub(super) fn buf_mut(&mut self, i: usize) -> &mut [u8; BUF] {
+        &mut self.bufs[i]
+    }
+
+    /// Slot `i` holds `len` bytes of its buffer, for `dest`.
+    pub(super) fn set(&mut self, i: usize, len: usize, dest: &SockAddr) {
+        self.lens[i] = len;
+        self.dests[i].clone_from(dest);
+    }
+
+    /// The datagram in slot `i`.
+    pub(super) fn packet(&self, i: usize) -> &[u8] {
+        &self.bufs[i][..self.lens[i]]
+    }
+
+    /// Where slot `i` goes.
+    pub(super) fn dest(&self, i: usize) -> &SockAddr {
+        &self.dests[i]
+    }
+
+    /// Sends slots `0..count`, retrying partial batches; stops at the first error.
+    pub(super) fn send(&mut self, sock: &UdpSocket, count: usize) {
+        for i in 0..count {
+            let len = self.dests[i].len();
+            // sendmmsg only reads the address: the const pointer is never written through.
+            let name = self.dests[i].as_ptr().cast_mut();
+            self.headers
+                .arm(i, self.bufs[i].as_mut_ptr(), self.lens[i], name.cast(), len);
+        }
+        let mut sent = 0;
+        while sent < count {
+            // SAFETY: headers sent..count point at live buffers and addresses in `self`.
+            let r = unsafe {
+                libc::sendmmsg(
+                    sock.as_raw_fd(),
+                    self.headers.hdrs[sent..].as_mut_ptr(),
+                    (count - sent) as libc::c_uint,
+                    0,
+                )
+            };
+            if r <= 0 {
+                break;
+            }
+            sent += r as usize;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A batch carries datagrams and their peers' addresses both ways.
+    #[test]
+    fn batches_round_trip_datagrams_and_addresses() {
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        server
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        client
+            .send_to(b"one", server.local_addr().unwrap())
+            .unwrap();
+        client
+            .send_to(b"two", server.local_addr().unwrap())
+            .unwrap();
+        let mut rx = RecvBatch::new();
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            let n = rx.recv(&server).unwrap();
+            for i in 0..n {
+                got.push((rx.packet(i).to_vec(), rx.source(i).as_socket()));
+            }
+        }
+        let from = Some(client.local_addr().unwrap());
+        assert_eq!(got, vec![(b"one".to_vec(), from), (b"two".to_vec(), from)]);
+
+        let mut tx = SendBatch::new();
+        for (i, reply) in [&b"first"[..], b"second"].into_iter().enumerate() {
+            tx.buf_mut(i)[..reply.len()].copy_from_slice(reply);
+            tx.set(i, reply.len(), rx.source(0));
+        }
+        tx.send(&server, 2);
+        let mut buf = [0u8; 64];
+        for want in [&b"first"[..], b"second"] {
+            let (n, peer) = client.recv_from(&mut buf).unwrap();
+            assert_eq!((&buf[..n], peer), (want, server.local_addr().unwrap()));
+        }
     }
 }

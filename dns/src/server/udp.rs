@@ -1,12 +1,13 @@
 //! DNS over UDP: one worker per socket, reading and writing batches; cached
 //! answers are served without taking the authority's lock.
 
-use std::net::UdpSocket;
-use std::os::fd::AsRawFd;
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::sys::{from_sockaddr, Batch};
+use socket2::{Domain, SockAddr, Socket, Type};
+
+use super::sys::{RecvBatch, SendBatch};
 use super::{now_unix, Shared};
 use crate::authority::Transport;
 use crate::rrl::{truncated, RateLimiter, Verdict};
@@ -14,39 +15,32 @@ use crate::rrl::{truncated, RateLimiter, Verdict};
 pub(super) const BATCH: usize = 32;
 pub(super) const BUF: usize = 4096;
 
+/// A UDP socket bound to `addr` that shares the port with the other workers'
+/// (`SO_REUSEPORT`); close-on-exec, as socket2 makes every socket.
+pub(super) fn reuseport_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
+    sock.set_reuse_port(true)?;
+    sock.set_reuse_address(true)?;
+    sock.bind(&SockAddr::from(addr))?;
+    Ok(sock.into())
+}
+
 pub(super) fn udp_worker(shared: &Arc<Shared>, sock: &UdpSocket) {
-    let fd = sock.as_raw_fd();
-    let mut rx = Batch::new();
-    let mut tx = Batch::new();
+    let mut rx = RecvBatch::new();
+    let mut tx = SendBatch::new();
     let mut rrl = RateLimiter::new(shared.rrl.0, shared.rrl.1);
-    let storage_len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     while !shared.stop.load(Ordering::Relaxed) {
-        for i in 0..BATCH {
-            rx.arm(i, BUF, storage_len);
-        }
-        // SAFETY: every header points at live buffers and addresses in `rx`.
-        let n = unsafe {
-            libc::recvmmsg(
-                fd,
-                rx.hdrs.as_mut_ptr(),
-                BATCH as libc::c_uint,
-                libc::MSG_WAITFORONE,
-                std::ptr::null_mut(),
-            )
+        let n = match rx.recv(sock) {
+            Ok(n) if n > 0 => n,
+            _ => continue,
         };
-        if n <= 0 {
-            continue;
-        }
         let now = if rrl.enabled() { now_unix() } else { 0 };
         let mut out = 0;
         let cache = shared.cache.read().unwrap_or_else(|e| e.into_inner());
         let mut slow = Vec::new();
-        for i in 0..n as usize {
-            let len = rx.hdrs[i].msg_len as usize;
-            let (req, dst) = (&rx.bufs[i][..len], &mut tx.bufs[out]);
-            if let Some(m) = cache.lookup(req, dst) {
-                tx.addrs[out] = rx.addrs[i];
-                tx.arm(out, m, rx.hdrs[i].msg_hdr.msg_namelen);
+        for i in 0..n {
+            if let Some(m) = cache.lookup(rx.packet(i), tx.buf_mut(out)) {
+                tx.set(out, m, rx.source(i));
                 out += 1;
             } else {
                 slow.push(i);
@@ -54,59 +48,40 @@ pub(super) fn udp_worker(shared: &Arc<Shared>, sock: &UdpSocket) {
         }
         drop(cache);
         for i in slow {
-            let len = rx.hdrs[i].msg_len as usize;
-            let Some(src) = from_sockaddr(&rx.addrs[i]) else {
+            let Some(src) = rx.source(i).as_socket() else {
                 continue;
             };
-            for m in shared.answer(&rx.bufs[i][..len], src.ip(), Transport::Udp) {
+            for m in shared.answer(rx.packet(i), src.ip(), Transport::Udp) {
                 if m.len() > BUF || out >= BATCH {
                     continue;
                 }
-                tx.bufs[out][..m.len()].copy_from_slice(&m);
-                tx.addrs[out] = rx.addrs[i];
-                tx.arm(out, m.len(), rx.hdrs[i].msg_hdr.msg_namelen);
+                tx.buf_mut(out)[..m.len()].copy_from_slice(&m);
+                tx.set(out, m.len(), rx.source(i));
                 out += 1;
             }
         }
         if rrl.enabled() {
             let mut kept = 0;
             for j in 0..out {
-                let Some(dst) = from_sockaddr(&tx.addrs[j]) else {
+                let Some(dst) = tx.dest(j).as_socket() else {
                     continue;
                 };
-                let len = tx.iovs[j].iov_len;
                 let verdict = rrl.check(dst.ip(), now);
                 let bytes = match verdict {
-                    Verdict::Send => tx.bufs[j][..len].to_vec(),
-                    Verdict::Truncate => match truncated(&tx.bufs[j][..len]) {
+                    Verdict::Send => tx.packet(j).to_vec(),
+                    Verdict::Truncate => match truncated(tx.packet(j)) {
                         Some(t) => t,
                         None => continue,
                     },
                     Verdict::Drop => continue,
                 };
-                let namelen = tx.hdrs[j].msg_hdr.msg_namelen;
-                tx.addrs[kept] = tx.addrs[j];
-                tx.bufs[kept][..bytes.len()].copy_from_slice(&bytes);
-                tx.arm(kept, bytes.len(), namelen);
+                let dest = tx.dest(j).clone();
+                tx.buf_mut(kept)[..bytes.len()].copy_from_slice(&bytes);
+                tx.set(kept, bytes.len(), &dest);
                 kept += 1;
             }
             out = kept;
         }
-        let mut sent = 0;
-        while sent < out {
-            // SAFETY: headers sent..out point at live buffers and addresses in `tx`.
-            let r = unsafe {
-                libc::sendmmsg(
-                    fd,
-                    tx.hdrs[sent..].as_mut_ptr(),
-                    (out - sent) as libc::c_uint,
-                    0,
-                )
-            };
-            if r <= 0 {
-                break;
-            }
-            sent += r as usize;
-        }
+        tx.send(sock, out);
     }
 }
