@@ -2,13 +2,13 @@
 //! to every request (bytes in, bytes out). No sockets and no clock: the shell
 //! passes the source address, the transport and the time.
 //!
-//! * [`zone`]: a zone's records, serial and change history;
-//! * [`query`]: answers to questions;
-//! * [`transfer`]: AXFR and IXFR (RFC 1995);
-//! * [`update`]: dynamic updates (RFC 2136);
-//! * [`tsig`]: keys and signatures (RFC 8945);
-//! * [`notify`]: the NOTIFYs owed after a change (RFC 1996);
-//! * [`services`]: the dynamic service records from a [`ServiceView`](crate::view::ServiceView).
+//! * `zone`: a zone's records, serial and change history;
+//! * `query`: answers to questions;
+//! * `transfer`: AXFR and IXFR (RFC 1995);
+//! * `update`: dynamic updates (RFC 2136);
+//! * `tsig`: keys and signatures (RFC 8945);
+//! * `notify`: the NOTIFYs owed after a change (RFC 1996);
+//! * `services`: the dynamic service records from a [`ServiceView`](crate::view::ServiceView).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -134,7 +134,7 @@ impl Authority {
 
     /// Zones whose operators' records an update changed here since the last
     /// call, with all their operator records (zone-file lines): what the
-    /// cluster should replicate ([`ServiceView::zone_records`]).
+    /// cluster should replicate ([`ServiceView::zone_records`](crate::view::ServiceView::zone_records)).
     pub fn take_record_changes(&mut self) -> Vec<(String, Vec<String>)> {
         std::mem::take(&mut self.record_changes)
     }

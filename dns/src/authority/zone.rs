@@ -67,7 +67,7 @@ pub(super) fn insert(map: &mut RrMap, r: Record) {
     }
 }
 
-/// A zone's key in [`ServiceView::zone_records`]: lowercase, no final dot.
+/// A zone's key in [`ServiceView::zone_records`](crate::view::ServiceView::zone_records): lowercase, no final dot.
 pub fn zone_key(origin: &Name) -> String {
     origin.to_ascii().trim_end_matches('.').to_ascii_lowercase()
 }

@@ -8,6 +8,11 @@
 //!   messages, idle connections closed after 10 s.
 //! * NOTIFY: a thread per change and secondary; up to 5 tries, 1 s apart,
 //!   until the secondary acknowledges.
+//!
+//! `udp`, `tcp` and `notify` hold those three; `serial_file` keeps each
+//! zone's serial across restarts; `sys` is the crate's only libc module
+//! (what socket2 lacks: `recvmmsg`/`sendmmsg`, the reuseport CPU filter and
+//! CPU pinning).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr, TcpListener};
