@@ -11,9 +11,10 @@ use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
-use hinan_lab::keepalived::{self, Combination, Failure, Jitter, Settings, Trial};
-use hinan_lab::stats::{median, percentile};
-use hinan_lab::{dnsbench, vpnbench};
+use hinan_lab::bench;
+use hinan_lab::bench::keepalived::{self as keepalived_bench, Combination, Failure, Jitter, Trial};
+use hinan_lab::bench::stats::{median, percentile};
+use hinan_lab::peers::keepalived::{self, Settings};
 use hinan_lab::{Lab, LabSpec};
 
 #[derive(Debug, Parser)]
@@ -67,7 +68,7 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_value = "default,fastest")]
         settings: Vec<Settings>,
         /// Failures to simulate: kill9, link-cut, sigstop, partition,
-        /// output-drop, wan-output-drop (see `hinan_lab::keepalived::Failure`).
+        /// output-drop, wan-output-drop (see `hinan_lab::bench::keepalived::Failure`).
         #[arg(long, value_delimiter = ',', default_value = "kill9,link-cut")]
         failures: Vec<Failure>,
         /// Also write every trial as JSON here.
@@ -94,7 +95,7 @@ enum Command {
             value_delimiter = ',',
             default_value = "hinan-raw,hinan-wireguard,wireguard-go,tinc-switch,bare"
         )]
-        tunnels: Vec<vpnbench::Tunnel>,
+        tunnels: Vec<bench::vpn::Tunnel>,
         /// Keep the lab's WAN veths without tx checksum offload and TSO (by
         /// default they are turned back on: this layout runs no Open vSwitch).
         #[arg(long)]
@@ -136,7 +137,7 @@ enum Command {
         nsd_servers: Option<usize>,
         /// Servers to measure: hinan, knot, nsd.
         #[arg(long, value_delimiter = ',', default_value = "hinan,knot,nsd")]
-        servers: Vec<dnsbench::Server>,
+        servers: Vec<bench::dns::Server>,
         /// Also write every run as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -182,7 +183,7 @@ fn main() -> Result<()> {
             no_hinan_offload,
             json,
         } => bench_vpn(
-            vpnbench::VpnBenchSpec {
+            bench::vpn::VpnBenchSpec {
                 tunnels,
                 trials,
                 secs,
@@ -202,7 +203,7 @@ fn main() -> Result<()> {
             servers,
             json,
         } => bench_dns(
-            dnsbench::DnsBenchSpec {
+            bench::dns::DnsBenchSpec {
                 servers,
                 trials,
                 secs,
@@ -221,8 +222,8 @@ fn main() -> Result<()> {
     }
 }
 
-fn bench_dns(spec: dnsbench::DnsBenchSpec, json: Option<PathBuf>) -> Result<()> {
-    hinan_lab::interrupt::install();
+fn bench_dns(spec: bench::dns::DnsBenchSpec, json: Option<PathBuf>) -> Result<()> {
+    hinan_lab::lab::interrupt::install();
     if spec.trials == 0 || spec.secs == 0 {
         bail!("--trials and --secs must be at least 1");
     }
@@ -231,29 +232,29 @@ fn bench_dns(spec: dnsbench::DnsBenchSpec, json: Option<PathBuf>) -> Result<()> 
         "authoritative DNS: zone {} on {}:{} in a namespace of its own, one server at a time; \
          dnsperf -c {} -T {} -q {}, {} rounds of {} s per server (medians), each + {} s with -v for p99; \
          mix {} % hits (A, AAAA), {} % NXDOMAIN; NSD server-count {}\n",
-        dnsbench::ORIGIN,
-        dnsbench::LISTEN,
-        dnsbench::PORT,
+        bench::dns::ORIGIN,
+        bench::dns::LISTEN,
+        bench::dns::PORT,
         spec.clients,
         spec.threads,
         spec.outstanding,
         spec.trials,
         spec.secs,
         spec.latency_secs,
-        100 - dnsbench::NXDOMAIN_PCT,
-        dnsbench::NXDOMAIN_PCT,
+        100 - bench::dns::NXDOMAIN_PCT,
+        bench::dns::NXDOMAIN_PCT,
         spec.nsd_servers,
     );
-    let report = dnsbench::run(&spec, &mut |line| println!("{line}"))?;
+    let report = bench::dns::run(&spec, &mut |line| println!("{line}"))?;
     let knot = report
         .rows
         .iter()
-        .find(|r| r.server == dnsbench::Server::Knot)
+        .find(|r| r.server == bench::dns::Server::Knot)
         .and_then(|r| r.qps);
     let nsd = report
         .rows
         .iter()
-        .find(|r| r.server == dnsbench::Server::Nsd)
+        .find(|r| r.server == bench::dns::Server::Nsd)
         .and_then(|r| r.qps);
     let f = |v: Option<f64>, digits: usize| {
         v.map(|x| format!("{x:.digits$}"))
@@ -337,9 +338,9 @@ fn finish<T: serde::Serialize>(
     Ok(())
 }
 
-fn bench_vpn(spec: vpnbench::VpnBenchSpec, json: Option<PathBuf>) -> Result<()> {
+fn bench_vpn(spec: bench::vpn::VpnBenchSpec, json: Option<PathBuf>) -> Result<()> {
     let (trials, secs) = (spec.trials, spec.secs);
-    hinan_lab::interrupt::install();
+    hinan_lab::lab::interrupt::install();
     if trials == 0 || secs == 0 {
         bail!("--trials and --secs must be at least 1");
     }
@@ -355,7 +356,7 @@ fn bench_vpn(spec: vpnbench::VpnBenchSpec, json: Option<PathBuf>) -> Result<()> 
         },
         if spec.hinan_offload { "on" } else { "off" },
     );
-    let report = vpnbench::run(&spec, &mut |line| println!("{line}"))?;
+    let report = bench::vpn::run(&spec, &mut |line| println!("{line}"))?;
     let f = |v: Option<f64>, digits: usize| {
         v.map(|x| format!("{x:.digits$}"))
             .unwrap_or_else(|| "-".into())
@@ -379,13 +380,13 @@ fn bench_vpn(spec: vpnbench::VpnBenchSpec, json: Option<PathBuf>) -> Result<()> 
         );
     }
     let verdict = |x: Option<f64>| match x {
-        Some(x) if x >= vpnbench::TARGET_VS_WIREGUARD_GO => format!("{x:.3}x (met)"),
+        Some(x) if x >= bench::vpn::TARGET_VS_WIREGUARD_GO => format!("{x:.3}x (met)"),
         Some(x) => format!("{x:.3}x (NOT met)"),
         None => "not measured".into(),
     };
     println!(
         "\ntarget: hinan EtherIP-in-WireGuard >= {:.0}x wireguard-go: TCP 1 stream {}, TCP 4 streams {}",
-        vpnbench::TARGET_VS_WIREGUARD_GO,
+        bench::vpn::TARGET_VS_WIREGUARD_GO,
         verdict(report.target_ratio_tcp1),
         verdict(report.target_ratio_tcp4)
     );
@@ -416,7 +417,7 @@ fn bench_keepalived(
     json: Option<PathBuf>,
     seed: Option<u64>,
 ) -> Result<()> {
-    hinan_lab::interrupt::install();
+    hinan_lab::lab::interrupt::install();
     let seed = seed.unwrap_or_else(|| {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -453,7 +454,7 @@ fn bench_keepalived(
                 trials
             };
             for f in failures {
-                if hinan_lab::interrupt::requested() {
+                if hinan_lab::lab::interrupt::requested() {
                     bail!("interrupted");
                 }
                 println!(
@@ -464,14 +465,14 @@ fn bench_keepalived(
                     s.master_down_interval(keepalived::BACKUP_PRIORITY).as_secs_f64() * 1000.0,
                     if f.silent() { " (silent)" } else { "" },
                 );
-                let c = keepalived::run_combination(
+                let c = keepalived_bench::run_combination(
                     &mut lab,
                     *s,
                     *f,
                     n,
                     &mut jitter,
                     print_trial,
-                    &|| hinan_lab::interrupt::requested(),
+                    &|| hinan_lab::lab::interrupt::requested(),
                 )?;
                 let error = c.error.clone();
                 combos.push(c);
@@ -590,7 +591,7 @@ fn bench_cluster(
     soak_loss: f64,
     json: Option<PathBuf>,
 ) -> Result<()> {
-    use hinan_lab::clusterbench;
+    use hinan_lab::bench::cluster as clusterbench;
     let started = Instant::now();
     let mut lab = Lab::up(&LabSpec {
         hypervisors: false,

@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+use hinan_lab::lab::wan::{self, LinkImpairment};
 use hinan_lab::lab::SegmentLink;
-use hinan_lab::wan::{self, LinkImpairment};
-use hinan_lab::{guest, run, Lab, LabSpec, Probe, ProbeSpec, VmSpec};
+use hinan_lab::lab::{guest, run};
+use hinan_lab::{Lab, LabSpec, Probe, ProbeSpec, VmSpec};
 
 /// The id of the lab `hinan-lab up` builds and the other commands act on.
 const CLI_LAB: &str = "lab";
@@ -171,7 +172,7 @@ fn main() -> Result<()> {
         Command::Demo { probe_json } => demo(probe_json),
         Command::BenchMigration { runs } => bench_migration(runs),
         Command::WanDelay { dev, delay_ms } => {
-            hinan_lab::delay::run_relay(&dev, Duration::from_millis(delay_ms))
+            hinan_lab::lab::delay::run_relay(&dev, Duration::from_millis(delay_ms))
         }
     }
 }
@@ -265,7 +266,7 @@ fn boot_lms(lab: &mut Lab, vm: &VmSpec) -> Result<Duration> {
 }
 
 fn interrupted() -> Result<()> {
-    if hinan_lab::interrupt::requested() {
+    if hinan_lab::lab::interrupt::requested() {
         bail!("interrupted");
     }
     Ok(())
@@ -282,7 +283,7 @@ fn watch(probe: &Probe, seconds: u64, label: &str) -> Result<()> {
 }
 
 fn demo(probe_json: Option<std::path::PathBuf>) -> Result<()> {
-    hinan_lab::interrupt::install();
+    hinan_lab::lab::interrupt::install();
     println!("hinan demo: two campuses, one LMS guest, a live migration under a client probe\n");
     println!("step 1: building campus A and campus B (namespaces, Open vSwitch, libvirtd, hinan's L2 VPN each)…");
     let t = Instant::now();
@@ -344,7 +345,7 @@ fn demo(probe_json: Option<std::path::PathBuf>) -> Result<()> {
         report.longest_outage_ms, report.failed
     );
     for site in lab.vpn_sites() {
-        let status = hinan_lab::vpn::status(&site)?;
+        let status = hinan_lab::lab::vpn::status(&site)?;
         let peer = &status["peers"][0];
         println!(
             "  hinan vpn at {}: {} frames out to {}, {} in; last handshake {:.1} s ago",

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use hinan_orchestrator::control::EventRecord;
 
-use crate::cluster::{Appliance, Cluster};
+use crate::lab::cluster::{Appliance, Cluster};
+use crate::lab::wan::{self, LinkImpairment, WanState};
 use crate::lab::Lab;
-use crate::wan::{self, LinkImpairment, WanState};
 
 pub fn unix_us() -> u64 {
     SystemTime::now()

@@ -17,9 +17,9 @@ use hinan_orchestrator::state::{
     ClusterState, Command as StateCommand, Site, StorageMode, Vm, VmCheck,
 };
 
+use crate::lab::procs::ProcRecord;
+use crate::lab::sys;
 use crate::lab::Lab;
-use crate::procs::ProcRecord;
-use crate::sys;
 
 /// Raft transport port.
 pub const RAFT_PORT: u16 = 7400;

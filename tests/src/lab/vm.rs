@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::guest::GuestImage;
+use crate::lab::guest::GuestImage;
+use crate::lab::procs::ProcRecord;
 use crate::lab::{Lab, MIGRATION_PORT, SEGMENT_GATEWAY};
-use crate::procs::ProcRecord;
 
 /// One LMS guest.
 #[derive(Debug, Clone)]

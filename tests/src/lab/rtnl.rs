@@ -187,7 +187,7 @@ impl RtnlWatch {
         let (ready_tx, ready) = mpsc::sync_channel(1);
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
-        let thread = crate::netns::spawn_in(ns, move || {
+        let thread = crate::lab::netns::spawn_in(ns, move || {
             let sock = match subscribe() {
                 Ok(s) => {
                     let _ = ready_tx.send(Ok(()));
