@@ -26,25 +26,7 @@ ns = ["ns1.univ-a.example"]
 
 /// The addresses appliance at `site` answers for the LMS, asked with kdig in its namespace.
 fn answer(cluster: &Cluster, site: &str) -> Vec<String> {
-    let a = cluster.get(site).unwrap();
-    let out = sys::run_in(
-        &a.ns,
-        "kdig",
-        &[
-            &format!("@{}", a.wan_ip),
-            NAME,
-            "A",
-            "+short",
-            "+time=1",
-            "+retry=0",
-        ],
-    )
-    .unwrap_or_default();
-    out.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect()
+    cluster.get(site).unwrap().dns_answer(NAME)
 }
 
 fn wait_answer(cluster: &Cluster, site: &str, want: &str, limit: Duration) -> Duration {

@@ -4,12 +4,13 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use hinan_orchestrator::control::EventRecord;
+use serde::Serialize;
 
 use crate::lab::cluster::{Appliance, Cluster};
 use crate::lab::wan::{self, LinkImpairment, WanState};
-use crate::lab::Lab;
+use crate::lab::{sys, Lab};
 
 pub fn unix_us() -> u64 {
     SystemTime::now()
@@ -219,5 +220,74 @@ pub fn soak(lab: &mut Lab, cluster: &Cluster, loss_pct: f64, duration: Duration)
         loss_pct,
         false_downs,
         commits,
+    })
+}
+
+/// One live migration of a published VM and how long the cluster took to
+/// follow it (`hinan-bench location`).
+#[derive(Debug, Clone, Serialize)]
+pub struct LocationTrial {
+    pub from: String,
+    pub to: String,
+    /// `virsh migrate`'s wall time.
+    pub migration_s: f64,
+    /// From `virsh migrate` returning to `observer`'s replicated state
+    /// holding the VM at `to` (the move seen by the VPN's bridges, committed
+    /// through Raft, applied at the observer). Polled every 5 ms.
+    pub committed_ms: f64,
+    /// From then until every appliance, asked in turn with `kdig`, answers
+    /// `name` with `to`'s public address.
+    pub answered_ms: f64,
+}
+
+/// Live-migrates `vm` from `from` to `to` with nobody telling the cluster,
+/// then times the commit of its new location at `observer` and the DNS
+/// answer `want` for `name` at every appliance of `sites`.
+#[allow(clippy::too_many_arguments)]
+pub fn location_after_migration(
+    lab: &mut Lab,
+    cluster: &Cluster,
+    vm: &str,
+    name: &str,
+    (from, to): (&str, &str),
+    observer: &str,
+    sites: &[&str],
+    want: &str,
+) -> Result<LocationTrial> {
+    let migration = lab.migrate_vm(vm, from, to)?;
+    let migrated = Instant::now();
+    sys::wait_for(
+        &format!("{vm}'s location at {to} committed at {observer}"),
+        Duration::from_secs(10),
+        Duration::from_millis(5),
+        || {
+            let state = cluster.get(observer)?.state()?;
+            Ok(state
+                .vms
+                .get(vm)
+                .is_some_and(|v| v.site == to)
+                .then_some(()))
+        },
+    )?;
+    let committed = Instant::now();
+    for site in sites {
+        let a = cluster.get(site)?;
+        sys::wait_for(
+            &format!("{site} to answer {name} with {want}"),
+            Duration::from_secs(5),
+            Duration::from_millis(5),
+            || Ok((a.dns_answer(name) == [want]).then_some(())),
+        )?;
+    }
+    let answered = Instant::now();
+    if lab.where_running(vm)?.as_deref() != Some(to) {
+        bail!("{vm} does not run at {to} after the migration");
+    }
+    Ok(LocationTrial {
+        from: from.into(),
+        to: to.into(),
+        migration_s: migration.wall.as_secs_f64(),
+        committed_ms: (committed - migrated).as_secs_f64() * 1000.0,
+        answered_ms: (answered - committed).as_secs_f64() * 1000.0,
     })
 }

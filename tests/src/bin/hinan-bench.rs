@@ -15,7 +15,7 @@ use hinan_lab::bench;
 use hinan_lab::bench::keepalived::{self as keepalived_bench, Combination, Failure, Jitter, Trial};
 use hinan_lab::bench::stats::{median, percentile};
 use hinan_lab::peers::keepalived::{self, Settings};
-use hinan_lab::{Lab, LabSpec};
+use hinan_lab::{Lab, LabSpec, VmSpec};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,6 +42,16 @@ enum Command {
         soak_secs: u64,
         #[arg(long, default_value_t = 5.0)]
         soak_loss: f64,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// How fast the cluster follows a live migration nobody announced: the
+    /// guest moves between A and B (alternating), the VPN's bridges see its
+    /// MAC move, the appliances commit its new location, and every
+    /// appliance's DNS answer for the LMS changes. Boots the guest.
+    Location {
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
         #[arg(long)]
         json: Option<PathBuf>,
     },
@@ -163,6 +173,7 @@ fn main() -> Result<()> {
             soak_loss,
             json,
         } => bench_cluster(replications, trials, soak_secs, soak_loss, json),
+        Command::Location { runs, json } => bench_location(runs, json),
         Command::Compare {
             cluster,
             keepalived,
@@ -582,6 +593,112 @@ fn line(label: &str, v: &[f64]) {
         fmt_ms(percentile(v, 99.0)),
         v.len()
     );
+}
+
+/// What `hinan-bench location --json` writes.
+#[derive(Debug, Serialize)]
+struct LocationReport {
+    trials: Vec<hinan_lab::bench::cluster::LocationTrial>,
+    median_committed_ms: Option<f64>,
+    median_answered_ms: Option<f64>,
+}
+
+fn bench_location(runs: usize, json: Option<PathBuf>) -> Result<()> {
+    use hinan_lab::bench::cluster::location_after_migration;
+    use hinan_lab::lab::guest;
+    use hinan_orchestrator::state::{Command as StateCommand, Service, StorageMode};
+    const NAME: &str = "lms.univ-a.example";
+    const DNS: &str =
+        "[dns]\nlisten = [\"0.0.0.0:53\"]\nudp_threads = 1\nfallback = [\"192.0.2.80\"]\n\n\
+                       [[dns.zone]]\norigin = \"univ-a.example\"\nns = [\"ns1.univ-a.example\"]\n";
+    hinan_lab::lab::interrupt::install();
+    let started = Instant::now();
+    let image = guest::ensure()?;
+    let mut lab = Lab::up(&LabSpec {
+        witness: true,
+        ..LabSpec::default()
+    })?;
+    let cluster = lab.start_cluster(DNS)?;
+    let sites = ["a", "b", "w"];
+    let public = |c: &str| -> Result<String> { Ok(lab.campus(c)?.public_ip.to_string()) };
+    let (addr_a, addr_b) = (public("a")?, public("b")?);
+    let vm = VmSpec::default();
+    lab.start_vm("a", &vm, &image)?;
+    lab.wait_http(&vm.url(), Duration::from_secs(90))?;
+    let a = cluster.get("a")?;
+    a.register_lab_vm(&vm, StorageMode::Shared)?;
+    a.propose(StateCommand::PutService(Service {
+        hostname: NAME.into(),
+        vm: vm.name.clone(),
+        ports: vec![80],
+        public_address: [
+            ("a".to_string(), addr_a.clone()),
+            ("b".to_string(), addr_b.clone()),
+        ]
+        .into(),
+    }))?;
+    println!("hinan cluster at A, B and W; the LMS guest published as {NAME}, at A");
+    println!("run  from->to  migration_s  committed_ms  answered_ms");
+    let mut trials = Vec::new();
+    for i in 0..runs {
+        if hinan_lab::lab::interrupt::requested() {
+            bail!("interrupted");
+        }
+        let ((from, to), want) = if i % 2 == 0 {
+            (("a", "b"), &addr_b)
+        } else {
+            (("b", "a"), &addr_a)
+        };
+        // Every appliance sends users to `from` before the move.
+        let before = if want == &addr_b { &addr_a } else { &addr_b };
+        for site in sites {
+            let appliance = cluster.get(site)?;
+            hinan_lab::lab::sys::wait_for(
+                &format!("{site} to answer {NAME} with {before}"),
+                Duration::from_secs(10),
+                Duration::from_millis(20),
+                || Ok((appliance.dns_answer(NAME) == [before.as_str()]).then_some(())),
+            )?;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        let t = location_after_migration(
+            &mut lab,
+            &cluster,
+            &vm.name,
+            NAME,
+            (from, to),
+            "w",
+            &sites,
+            want,
+        )?;
+        println!(
+            "{:>3}  {from}->{to}      {:>11.2}  {:>12.1}  {:>11.1}",
+            i + 1,
+            t.migration_s,
+            t.committed_ms,
+            t.answered_ms
+        );
+        trials.push(t);
+    }
+    let committed: Vec<f64> = trials.iter().map(|t| t.committed_ms).collect();
+    let answered: Vec<f64> = trials.iter().map(|t| t.answered_ms).collect();
+    let report = LocationReport {
+        median_committed_ms: median(&committed),
+        median_answered_ms: median(&answered),
+        trials,
+    };
+    line(
+        "location committed after virsh migrate returned",
+        &committed,
+    );
+    line("then every appliance answered the new site", &answered);
+    let problems = lab.teardown();
+    let failed = if problems.is_empty() {
+        vec![]
+    } else {
+        vec![format!("clean-up problems: {}", problems.join("; "))]
+    };
+    finish(started, json, &report, "clean-ups failed", 1, failed)
 }
 
 fn bench_cluster(

@@ -54,6 +54,29 @@ impl Appliance {
         Ok(control::call_as(&self.socket, &req, wait)?)
     }
 
+    /// The addresses this appliance's DNS server answers for `name` (type
+    /// A), asked with `kdig` in its namespace; empty when it does not answer.
+    pub fn dns_answer(&self, name: &str) -> Vec<String> {
+        let out = sys::run_in(
+            &self.ns,
+            "kdig",
+            &[
+                &format!("@{}", self.wan_ip),
+                name,
+                "A",
+                "+short",
+                "+time=1",
+                "+retry=0",
+            ],
+        )
+        .unwrap_or_default();
+        out.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect()
+    }
+
     pub fn status(&self) -> Result<StatusReply> {
         self.ask(Request::Status, Duration::from_secs(5))
     }
