@@ -601,6 +601,8 @@ struct LocationReport {
     trials: Vec<hinan_lab::bench::cluster::LocationTrial>,
     median_seen_ms: Option<f64>,
     median_committed_ms: Option<f64>,
+    /// From the VPN seeing the MAC move to the commit at the observer.
+    median_commit_after_seen_ms: Option<f64>,
     median_answered_ms: Option<f64>,
 }
 
@@ -685,10 +687,15 @@ fn bench_location(runs: usize, json: Option<PathBuf>) -> Result<()> {
     }
     let seen: Vec<f64> = trials.iter().filter_map(|t| t.seen_ms).collect();
     let committed: Vec<f64> = trials.iter().map(|t| t.committed_ms).collect();
+    let commit_after_seen: Vec<f64> = trials
+        .iter()
+        .filter_map(|t| Some(t.committed_ms - t.seen_ms?))
+        .collect();
     let answered: Vec<f64> = trials.iter().map(|t| t.answered_ms).collect();
     let report = LocationReport {
         median_seen_ms: median(&seen),
         median_committed_ms: median(&committed),
+        median_commit_after_seen_ms: median(&commit_after_seen),
         median_answered_ms: median(&answered),
         trials,
     };
@@ -696,6 +703,10 @@ fn bench_location(runs: usize, json: Option<PathBuf>) -> Result<()> {
     line(
         "location committed, after virsh migrate returned",
         &committed,
+    );
+    line(
+        "location committed, after the MAC move was seen",
+        &commit_after_seen,
     );
     line("then every appliance answered the new site", &answered);
     let problems = lab.teardown();
