@@ -6,30 +6,17 @@
 //! Everything a lab creates is recorded in its run directory and removed when
 //! the [`Lab`] is dropped, by `hinan-lab down`, or by the next lab that starts
 //! after a crash. Processes are stopped by recorded PID and start time only.
+//!
+//! * [`lab`]: the lab itself and its plumbing.
+//! * [`peers`]: the daemons hinan is compared with (Knot, NSD, keepalived,
+//!   wireguard-go, tinc), one module each.
+//! * [`bench`]: the benchmarks of `hinan-bench` and `make bench-…`.
 
-pub mod capture;
-pub mod cluster;
-pub mod clusterbench;
-pub mod delay;
-pub mod dnsbench;
-pub mod dnslab;
-pub mod guest;
-pub mod interrupt;
-pub mod keepalived;
+pub mod bench;
 pub mod lab;
-pub mod netns;
-pub mod probe;
-pub mod procs;
-pub mod rtnl;
-pub mod run;
-pub mod stats;
-pub mod sys;
-pub mod vm;
-pub mod vpn;
-pub mod vpnbench;
-pub mod wan;
+pub mod peers;
 
+pub use lab::probe::{Probe, ProbeReport, ProbeSpec};
+pub use lab::vm::VmSpec;
+pub use lab::wan::{LinkImpairment, WanState};
 pub use lab::{Campus, Lab, LabSpec, Topology};
-pub use probe::{Probe, ProbeReport, ProbeSpec};
-pub use vm::VmSpec;
-pub use wan::{LinkImpairment, WanState};

@@ -10,12 +10,13 @@
 
 use std::time::Duration;
 
-use hinan_lab::clusterbench::{self, unix_us};
+use hinan_lab::bench::cluster::{self as clusterbench, unix_us};
+use hinan_lab::bench::stats::{median, percentile};
+use hinan_lab::lab::guest;
+use hinan_lab::lab::probe::http_get;
+use hinan_lab::lab::wan::{self, WanState};
 use hinan_lab::lab::SegmentLink;
-use hinan_lab::probe::http_get;
-use hinan_lab::stats::{median, percentile};
-use hinan_lab::wan::{self, WanState};
-use hinan_lab::{guest, Lab, LabSpec, VmSpec};
+use hinan_lab::{Lab, LabSpec, VmSpec};
 use hinan_orchestrator::state::StorageMode;
 
 #[test]
@@ -110,7 +111,7 @@ fn site_and_link_faults_and_p1_p2_monitors() {
             .map(|x| x.site.clone())
             .collect()
     };
-    let p1 = hinan_lab::sys::wait_for(
+    let p1 = hinan_lab::lab::sys::wait_for(
         "one watcher",
         Duration::from_secs(5),
         Duration::from_millis(50),
@@ -146,7 +147,7 @@ fn site_and_link_faults_and_p1_p2_monitors() {
         failed.at_unix_us.saturating_sub(stopped_at) as f64 / 1000.0,
         failed.detail
     );
-    hinan_lab::sys::wait_for(
+    hinan_lab::lab::sys::wait_for(
         "the failure in the replicated state",
         Duration::from_secs(3),
         Duration::from_millis(20),

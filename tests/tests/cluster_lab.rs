@@ -4,10 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use hinan_lab::cluster::Cluster;
-use hinan_lab::clusterbench;
-use hinan_lab::stats::{median, percentile};
-use hinan_lab::wan::{self, LinkImpairment, WanState};
+use hinan_lab::bench::cluster as clusterbench;
+use hinan_lab::bench::stats::{median, percentile};
+use hinan_lab::lab::cluster::Cluster;
+use hinan_lab::lab::wan::{self, LinkImpairment, WanState};
 use hinan_lab::{Lab, LabSpec};
 
 fn wait_note(cluster: &Cluster, site: &str, text: &str, limit: Duration) -> Duration {
@@ -112,8 +112,8 @@ fn replication_partition_and_recovery_from_disk() {
             "A and W did not commit without B: {e:#}\nA: {:?}\nW: {:?}\nA sockets:\n{}\nW sockets:\n{}",
             a.status().map(|s| s.raft),
             w.status().map(|s| s.raft),
-            hinan_lab::sys::run_in(&a.ns, "ss", &["-tni"]).unwrap_or_default(),
-            hinan_lab::sys::run_in(&w.ns, "ss", &["-tni"]).unwrap_or_default(),
+            hinan_lab::lab::sys::run_in(&a.ns, "ss", &["-tni"]).unwrap_or_default(),
+            hinan_lab::lab::sys::run_in(&w.ns, "ss", &["-tni"]).unwrap_or_default(),
         );
     }
     let mut cut = WanState::default();

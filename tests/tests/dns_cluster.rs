@@ -6,8 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use hinan_lab::cluster::Cluster;
-use hinan_lab::{guest, sys, Lab, LabSpec, VmSpec};
+use hinan_lab::lab::cluster::Cluster;
+use hinan_lab::lab::{guest, sys};
+use hinan_lab::{Lab, LabSpec, VmSpec};
 use hinan_orchestrator::state::{Command, Service, StorageMode};
 
 const NAME: &str = "lms.univ-a.example";
@@ -25,25 +26,7 @@ ns = ["ns1.univ-a.example"]
 
 /// The addresses appliance at `site` answers for the LMS, asked with kdig in its namespace.
 fn answer(cluster: &Cluster, site: &str) -> Vec<String> {
-    let a = cluster.get(site).unwrap();
-    let out = sys::run_in(
-        &a.ns,
-        "kdig",
-        &[
-            &format!("@{}", a.wan_ip),
-            NAME,
-            "A",
-            "+short",
-            "+time=1",
-            "+retry=0",
-        ],
-    )
-    .unwrap_or_default();
-    out.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect()
+    cluster.get(site).unwrap().dns_answer(NAME)
 }
 
 fn wait_answer(cluster: &Cluster, site: &str, want: &str, limit: Duration) -> Duration {

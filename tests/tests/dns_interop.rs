@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use hinan_dns::{DnsConfig, DnsServer, ServiceAnswer, ServiceView};
-use hinan_lab::dnslab::{self, KnotSecondary, TempDir, TsigKey};
-use hinan_lab::sys;
+use hinan_lab::lab::dnslab::{self, TempDir};
+use hinan_lab::lab::sys;
+use hinan_lab::peers::knot::{KnotSecondary, TsigKey};
 
 const XFR_SECRET: &str = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTAxMjM=";
 const OPS_SECRET: &str = "b3BzLW9wcy1vcHMtb3BzLW9wcy1vcHMtb3BzLTAxMjM=";

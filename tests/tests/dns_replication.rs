@@ -4,8 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use hinan_lab::cluster::Cluster;
-use hinan_lab::{sys, Lab, LabSpec};
+use hinan_lab::lab::cluster::Cluster;
+use hinan_lab::lab::sys;
+use hinan_lab::{Lab, LabSpec};
 
 const OPS_SECRET: &str = "b3BzLW9wcy1vcHMtb3BzLW9wcy1vcHMtb3BzLTAxMjM=";
 

@@ -4,9 +4,9 @@
 
 use std::process::Command;
 
-use hinan_lab::procs::ProcRecord;
-use hinan_lab::run::RunDir;
-use hinan_lab::wan::{self, LinkImpairment, WanState};
+use hinan_lab::lab::procs::ProcRecord;
+use hinan_lab::lab::run::RunDir;
+use hinan_lab::lab::wan::{self, LinkImpairment, WanState};
 use hinan_lab::{Lab, LabSpec};
 
 fn wan_lab() -> Lab {
@@ -84,5 +84,5 @@ fn a_crashed_run_is_removed_by_the_next_lab() {
     assert!(own
         .namespaces
         .iter()
-        .all(|n| hinan_lab::run::netns_exists(n)));
+        .all(|n| hinan_lab::lab::run::netns_exists(n)));
 }

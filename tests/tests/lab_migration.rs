@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use std::net::SocketAddr;
 
+use hinan_lab::lab::guest;
+use hinan_lab::lab::probe::{http_get, LongStream};
 use hinan_lab::lab::SegmentLink;
-use hinan_lab::probe::{http_get, LongStream};
-use hinan_lab::{guest, Lab, LabSpec, Probe, ProbeSpec, VmSpec};
+use hinan_lab::{Lab, LabSpec, Probe, ProbeSpec, VmSpec};
 
 fn info(lab: &Lab, vm: &VmSpec) -> String {
     let (status, body) = http_get(
@@ -86,7 +87,7 @@ fn migrate_over(segment: SegmentLink) {
 
     // hinan's bridge at A saw the VM's MAC move behind the tunnel to B.
     let site_a = &lab.vpn_sites()[0];
-    let status = hinan_lab::vpn::status(site_a).unwrap();
+    let status = hinan_lab::lab::vpn::status(site_a).unwrap();
     let moved = status["recent_events"]
         .as_array()
         .into_iter()

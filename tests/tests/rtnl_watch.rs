@@ -4,8 +4,8 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use hinan_lab::rtnl::{RtnlEvent, RtnlWatch};
-use hinan_lab::sys::ip;
+use hinan_lab::lab::rtnl::{RtnlEvent, RtnlWatch};
+use hinan_lab::lab::sys::ip;
 use hinan_lab::{Lab, LabSpec};
 
 #[test]

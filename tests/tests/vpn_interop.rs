@@ -12,11 +12,12 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use hinan_lab::capture::{tshark_fields, Capture};
+use hinan_lab::lab::capture::{tshark_fields, Capture};
+use hinan_lab::lab::netns;
+use hinan_lab::lab::sys::{self, ip};
+use hinan_lab::lab::vpn::{self, keypair, MeshOptions, VpnSite, LAB_TAP, WG_PORT};
 use hinan_lab::lab::SegmentLink;
-use hinan_lab::sys::{self, ip};
-use hinan_lab::vpn::{self, keypair, MeshOptions, VpnSite, LAB_TAP, WG_PORT};
-use hinan_lab::{netns, Lab, LabSpec};
+use hinan_lab::{Lab, LabSpec};
 
 fn mac_of(ns: &str, dev: &str) -> String {
     let out = ip(ns, &["-o", "link", "show", dev]).unwrap();
@@ -201,7 +202,7 @@ fn wireguard_go_and_hinan_handshake_and_carry_etherip_both_ways() {
         &wg_log,
     )
     .unwrap();
-    lab.record(hinan_lab::procs::ProcRecord::of("b/wireguard-go", pid as i32).unwrap())
+    lab.record(hinan_lab::lab::procs::ProcRecord::of("b/wireguard-go", pid as i32).unwrap())
         .unwrap();
     sys::wait_for(
         "wireguard-go's TUN device",

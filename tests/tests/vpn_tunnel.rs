@@ -4,15 +4,15 @@
 
 use std::time::{Duration, Instant};
 
+use hinan_lab::lab::sys::{self, ip};
+use hinan_lab::lab::vpn::{self, MeshOptions, VpnSite, LAB_TAP};
+use hinan_lab::lab::wan::{self, LinkImpairment, WanState};
 use hinan_lab::lab::SegmentLink;
-use hinan_lab::sys::{self, ip};
-use hinan_lab::vpn::{self, MeshOptions, VpnSite, LAB_TAP};
-use hinan_lab::wan::{self, LinkImpairment, WanState};
 use hinan_lab::{Lab, LabSpec};
 
 /// A two-campus WAN with hinan's VPN at each edge, TAP addresses
 /// 10.99.0.1 (A) and 10.99.0.2 (B).
-fn vpn_lab(link: SegmentLink) -> (Lab, Vec<VpnSite>, Vec<hinan_lab::procs::ProcRecord>) {
+fn vpn_lab(link: SegmentLink) -> (Lab, Vec<VpnSite>, Vec<hinan_lab::lab::procs::ProcRecord>) {
     let mut lab = Lab::up(&LabSpec::wan_only()).expect("the lab comes up");
     let sites = lab.vpn_sites();
     vpn::write_mesh(&sites, &MeshOptions::new(link)).unwrap();
@@ -125,19 +125,19 @@ fn set_line(site: &VpnSite, key: &str, value: &str) {
     std::fs::write(site.config(), out.join("\n") + "\n").unwrap();
 }
 
-fn hup(rec: &hinan_lab::procs::ProcRecord) {
+fn hup(rec: &hinan_lab::lab::procs::ProcRecord) {
     // SAFETY: signalling a process this test started, checked by start time.
     assert!(rec.alive(), "{} is gone", rec.role);
     unsafe { libc::kill(rec.pid, libc::SIGHUP) };
 }
 
-type Pinger = std::thread::JoinHandle<anyhow::Result<hinan_lab::wan::PingStats>>;
+type Pinger = std::thread::JoinHandle<anyhow::Result<hinan_lab::lab::wan::PingStats>>;
 
 /// `count` pings from A to B, 20 ms apart, on a thread of their own.
 fn pings(a: &VpnSite, count: u32) -> Pinger {
     let ns = a.ns.clone();
     std::thread::spawn(move || {
-        hinan_lab::wan::ping(&ns, "10.99.0.2", count, Duration::from_millis(20))
+        hinan_lab::lab::wan::ping(&ns, "10.99.0.2", count, Duration::from_millis(20))
     })
 }
 

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use hinan_lab::wan::{self, ping, LinkImpairment, WanState};
+use hinan_lab::lab::wan::{self, ping, LinkImpairment, WanState};
 use hinan_lab::{Lab, LabSpec};
 
 fn wan_lab() -> Lab {

@@ -11,10 +11,11 @@ use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
-use hinan_lab::keepalived::{self, Combination, Failure, Jitter, Settings, Trial};
-use hinan_lab::stats::{median, percentile};
-use hinan_lab::{dnsbench, vpnbench};
-use hinan_lab::{Lab, LabSpec};
+use hinan_lab::bench;
+use hinan_lab::bench::keepalived::{self as keepalived_bench, Combination, Failure, Jitter, Trial};
+use hinan_lab::bench::stats::{median, percentile};
+use hinan_lab::peers::keepalived::{self, Settings};
+use hinan_lab::{Lab, LabSpec, VmSpec};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -44,6 +45,16 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// How fast the cluster follows a live migration nobody announced: the
+    /// guest moves between A and B (alternating), the VPN's bridges see its
+    /// MAC move, the appliances commit its new location, and every
+    /// appliance's DNS answer for the LMS changes. Boots the guest.
+    Location {
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Prints hinan's detection beside keepalived's takeover, from the JSON
     /// files of `cluster --json` and `keepalived --json`, with ratios.
     Compare {
@@ -67,7 +78,7 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_value = "default,fastest")]
         settings: Vec<Settings>,
         /// Failures to simulate: kill9, link-cut, sigstop, partition,
-        /// output-drop, wan-output-drop (see `hinan_lab::keepalived::Failure`).
+        /// output-drop, wan-output-drop (see `hinan_lab::bench::keepalived::Failure`).
         #[arg(long, value_delimiter = ',', default_value = "kill9,link-cut")]
         failures: Vec<Failure>,
         /// Also write every trial as JSON here.
@@ -94,7 +105,7 @@ enum Command {
             value_delimiter = ',',
             default_value = "hinan-raw,hinan-wireguard,wireguard-go,tinc-switch,bare"
         )]
-        tunnels: Vec<vpnbench::Tunnel>,
+        tunnels: Vec<bench::vpn::Tunnel>,
         /// Keep the lab's WAN veths without tx checksum offload and TSO (by
         /// default they are turned back on: this layout runs no Open vSwitch).
         #[arg(long)]
@@ -136,7 +147,7 @@ enum Command {
         nsd_servers: Option<usize>,
         /// Servers to measure: hinan, knot, nsd.
         #[arg(long, value_delimiter = ',', default_value = "hinan,knot,nsd")]
-        servers: Vec<dnsbench::Server>,
+        servers: Vec<bench::dns::Server>,
         /// Also write every run as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -162,6 +173,7 @@ fn main() -> Result<()> {
             soak_loss,
             json,
         } => bench_cluster(replications, trials, soak_secs, soak_loss, json),
+        Command::Location { runs, json } => bench_location(runs, json),
         Command::Compare {
             cluster,
             keepalived,
@@ -182,7 +194,7 @@ fn main() -> Result<()> {
             no_hinan_offload,
             json,
         } => bench_vpn(
-            vpnbench::VpnBenchSpec {
+            bench::vpn::VpnBenchSpec {
                 tunnels,
                 trials,
                 secs,
@@ -202,7 +214,7 @@ fn main() -> Result<()> {
             servers,
             json,
         } => bench_dns(
-            dnsbench::DnsBenchSpec {
+            bench::dns::DnsBenchSpec {
                 servers,
                 trials,
                 secs,
@@ -221,8 +233,8 @@ fn main() -> Result<()> {
     }
 }
 
-fn bench_dns(spec: dnsbench::DnsBenchSpec, json: Option<PathBuf>) -> Result<()> {
-    hinan_lab::interrupt::install();
+fn bench_dns(spec: bench::dns::DnsBenchSpec, json: Option<PathBuf>) -> Result<()> {
+    hinan_lab::lab::interrupt::install();
     if spec.trials == 0 || spec.secs == 0 {
         bail!("--trials and --secs must be at least 1");
     }
@@ -231,29 +243,29 @@ fn bench_dns(spec: dnsbench::DnsBenchSpec, json: Option<PathBuf>) -> Result<()> 
         "authoritative DNS: zone {} on {}:{} in a namespace of its own, one server at a time; \
          dnsperf -c {} -T {} -q {}, {} rounds of {} s per server (medians), each + {} s with -v for p99; \
          mix {} % hits (A, AAAA), {} % NXDOMAIN; NSD server-count {}\n",
-        dnsbench::ORIGIN,
-        dnsbench::LISTEN,
-        dnsbench::PORT,
+        bench::dns::ORIGIN,
+        bench::dns::LISTEN,
+        bench::dns::PORT,
         spec.clients,
         spec.threads,
         spec.outstanding,
         spec.trials,
         spec.secs,
         spec.latency_secs,
-        100 - dnsbench::NXDOMAIN_PCT,
-        dnsbench::NXDOMAIN_PCT,
+        100 - bench::dns::NXDOMAIN_PCT,
+        bench::dns::NXDOMAIN_PCT,
         spec.nsd_servers,
     );
-    let report = dnsbench::run(&spec, &mut |line| println!("{line}"))?;
+    let report = bench::dns::run(&spec, &mut |line| println!("{line}"))?;
     let knot = report
         .rows
         .iter()
-        .find(|r| r.server == dnsbench::Server::Knot)
+        .find(|r| r.server == bench::dns::Server::Knot)
         .and_then(|r| r.qps);
     let nsd = report
         .rows
         .iter()
-        .find(|r| r.server == dnsbench::Server::Nsd)
+        .find(|r| r.server == bench::dns::Server::Nsd)
         .and_then(|r| r.qps);
     let f = |v: Option<f64>, digits: usize| {
         v.map(|x| format!("{x:.digits$}"))
@@ -337,9 +349,9 @@ fn finish<T: serde::Serialize>(
     Ok(())
 }
 
-fn bench_vpn(spec: vpnbench::VpnBenchSpec, json: Option<PathBuf>) -> Result<()> {
+fn bench_vpn(spec: bench::vpn::VpnBenchSpec, json: Option<PathBuf>) -> Result<()> {
     let (trials, secs) = (spec.trials, spec.secs);
-    hinan_lab::interrupt::install();
+    hinan_lab::lab::interrupt::install();
     if trials == 0 || secs == 0 {
         bail!("--trials and --secs must be at least 1");
     }
@@ -355,7 +367,7 @@ fn bench_vpn(spec: vpnbench::VpnBenchSpec, json: Option<PathBuf>) -> Result<()> 
         },
         if spec.hinan_offload { "on" } else { "off" },
     );
-    let report = vpnbench::run(&spec, &mut |line| println!("{line}"))?;
+    let report = bench::vpn::run(&spec, &mut |line| println!("{line}"))?;
     let f = |v: Option<f64>, digits: usize| {
         v.map(|x| format!("{x:.digits$}"))
             .unwrap_or_else(|| "-".into())
@@ -379,13 +391,13 @@ fn bench_vpn(spec: vpnbench::VpnBenchSpec, json: Option<PathBuf>) -> Result<()> 
         );
     }
     let verdict = |x: Option<f64>| match x {
-        Some(x) if x >= vpnbench::TARGET_VS_WIREGUARD_GO => format!("{x:.3}x (met)"),
+        Some(x) if x >= bench::vpn::TARGET_VS_WIREGUARD_GO => format!("{x:.3}x (met)"),
         Some(x) => format!("{x:.3}x (NOT met)"),
         None => "not measured".into(),
     };
     println!(
         "\ntarget: hinan EtherIP-in-WireGuard >= {:.0}x wireguard-go: TCP 1 stream {}, TCP 4 streams {}",
-        vpnbench::TARGET_VS_WIREGUARD_GO,
+        bench::vpn::TARGET_VS_WIREGUARD_GO,
         verdict(report.target_ratio_tcp1),
         verdict(report.target_ratio_tcp4)
     );
@@ -416,7 +428,7 @@ fn bench_keepalived(
     json: Option<PathBuf>,
     seed: Option<u64>,
 ) -> Result<()> {
-    hinan_lab::interrupt::install();
+    hinan_lab::lab::interrupt::install();
     let seed = seed.unwrap_or_else(|| {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -453,7 +465,7 @@ fn bench_keepalived(
                 trials
             };
             for f in failures {
-                if hinan_lab::interrupt::requested() {
+                if hinan_lab::lab::interrupt::requested() {
                     bail!("interrupted");
                 }
                 println!(
@@ -464,14 +476,14 @@ fn bench_keepalived(
                     s.master_down_interval(keepalived::BACKUP_PRIORITY).as_secs_f64() * 1000.0,
                     if f.silent() { " (silent)" } else { "" },
                 );
-                let c = keepalived::run_combination(
+                let c = keepalived_bench::run_combination(
                     &mut lab,
                     *s,
                     *f,
                     n,
                     &mut jitter,
                     print_trial,
-                    &|| hinan_lab::interrupt::requested(),
+                    &|| hinan_lab::lab::interrupt::requested(),
                 )?;
                 let error = c.error.clone();
                 combos.push(c);
@@ -583,6 +595,129 @@ fn line(label: &str, v: &[f64]) {
     );
 }
 
+/// What `hinan-bench location --json` writes.
+#[derive(Debug, Serialize)]
+struct LocationReport {
+    trials: Vec<hinan_lab::bench::cluster::LocationTrial>,
+    median_seen_ms: Option<f64>,
+    median_committed_ms: Option<f64>,
+    /// From the VPN seeing the MAC move to the commit at the observer.
+    median_commit_after_seen_ms: Option<f64>,
+    median_answered_ms: Option<f64>,
+}
+
+fn bench_location(runs: usize, json: Option<PathBuf>) -> Result<()> {
+    use hinan_lab::bench::cluster::location_after_migration;
+    use hinan_lab::lab::guest;
+    use hinan_orchestrator::state::{Command as StateCommand, Service, StorageMode};
+    const NAME: &str = "lms.univ-a.example";
+    const DNS: &str =
+        "[dns]\nlisten = [\"0.0.0.0:53\"]\nudp_threads = 1\nfallback = [\"192.0.2.80\"]\n\n\
+                       [[dns.zone]]\norigin = \"univ-a.example\"\nns = [\"ns1.univ-a.example\"]\n";
+    hinan_lab::lab::interrupt::install();
+    let started = Instant::now();
+    let image = guest::ensure()?;
+    let mut lab = Lab::up(&LabSpec {
+        witness: true,
+        ..LabSpec::default()
+    })?;
+    let cluster = lab.start_cluster(DNS)?;
+    let sites = ["a", "b", "w"];
+    let public = |c: &str| -> Result<String> { Ok(lab.campus(c)?.public_ip.to_string()) };
+    let (addr_a, addr_b) = (public("a")?, public("b")?);
+    let vm = VmSpec::default();
+    lab.start_vm("a", &vm, &image)?;
+    lab.wait_http(&vm.url(), Duration::from_secs(90))?;
+    let a = cluster.get("a")?;
+    a.register_lab_vm(&vm, StorageMode::Shared)?;
+    a.propose(StateCommand::PutService(Service {
+        hostname: NAME.into(),
+        vm: vm.name.clone(),
+        ports: vec![80],
+        public_address: [
+            ("a".to_string(), addr_a.clone()),
+            ("b".to_string(), addr_b.clone()),
+        ]
+        .into(),
+    }))?;
+    println!("hinan cluster at A, B and W; the LMS guest published as {NAME}, at A");
+    println!("run  from->to  migration_s  seen_ms  committed_ms  answered_ms");
+    println!("     (seen and committed: after virsh migrate returned, negative if before; answered: after the commit)");
+    let mut trials = Vec::new();
+    for i in 0..runs {
+        if hinan_lab::lab::interrupt::requested() {
+            bail!("interrupted");
+        }
+        let ((from, to), want) = if i % 2 == 0 {
+            (("a", "b"), &addr_b)
+        } else {
+            (("b", "a"), &addr_a)
+        };
+        // Every appliance sends users to `from` before the move.
+        let before = if want == &addr_b { &addr_a } else { &addr_b };
+        for site in sites {
+            let appliance = cluster.get(site)?;
+            hinan_lab::lab::sys::wait_for(
+                &format!("{site} to answer {NAME} with {before}"),
+                Duration::from_secs(10),
+                Duration::from_millis(20),
+                || Ok((appliance.dns_answer(NAME) == [before.as_str()]).then_some(())),
+            )?;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        let t = location_after_migration(
+            &mut lab,
+            &cluster,
+            &vm.name,
+            NAME,
+            (from, to),
+            "w",
+            &sites,
+            want,
+        )?;
+        println!(
+            "{:>3}  {from}->{to}      {:>11.2}  {:>7}  {:>12.1}  {:>11.1}",
+            i + 1,
+            t.migration_s,
+            fmt_ms(t.seen_ms),
+            t.committed_ms,
+            t.answered_ms
+        );
+        trials.push(t);
+    }
+    let seen: Vec<f64> = trials.iter().filter_map(|t| t.seen_ms).collect();
+    let committed: Vec<f64> = trials.iter().map(|t| t.committed_ms).collect();
+    let commit_after_seen: Vec<f64> = trials
+        .iter()
+        .filter_map(|t| Some(t.committed_ms - t.seen_ms?))
+        .collect();
+    let answered: Vec<f64> = trials.iter().map(|t| t.answered_ms).collect();
+    let report = LocationReport {
+        median_seen_ms: median(&seen),
+        median_committed_ms: median(&committed),
+        median_commit_after_seen_ms: median(&commit_after_seen),
+        median_answered_ms: median(&answered),
+        trials,
+    };
+    line("MAC move seen, after virsh migrate returned", &seen);
+    line(
+        "location committed, after virsh migrate returned",
+        &committed,
+    );
+    line(
+        "location committed, after the MAC move was seen",
+        &commit_after_seen,
+    );
+    line("then every appliance answered the new site", &answered);
+    let problems = lab.teardown();
+    let failed = if problems.is_empty() {
+        vec![]
+    } else {
+        vec![format!("clean-up problems: {}", problems.join("; "))]
+    };
+    finish(started, json, &report, "clean-ups failed", 1, failed)
+}
+
 fn bench_cluster(
     replications: usize,
     trials: usize,
@@ -590,7 +725,7 @@ fn bench_cluster(
     soak_loss: f64,
     json: Option<PathBuf>,
 ) -> Result<()> {
-    use hinan_lab::clusterbench;
+    use hinan_lab::bench::cluster as clusterbench;
     let started = Instant::now();
     let mut lab = Lab::up(&LabSpec {
         hypervisors: false,

@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+use hinan_lab::lab::wan::{self, LinkImpairment};
 use hinan_lab::lab::SegmentLink;
-use hinan_lab::wan::{self, LinkImpairment};
-use hinan_lab::{guest, run, Lab, LabSpec, Probe, ProbeSpec, VmSpec};
+use hinan_lab::lab::{guest, run};
+use hinan_lab::{Lab, LabSpec, Probe, ProbeSpec, VmSpec};
 
 /// The id of the lab `hinan-lab up` builds and the other commands act on.
 const CLI_LAB: &str = "lab";
@@ -90,6 +91,9 @@ enum Command {
     BenchMigration {
         #[arg(long, default_value_t = 5)]
         runs: usize,
+        /// Write every run and the medians (JSON) here.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
     },
     /// (internal) The WAN delay relay, run by the lab inside the WAN namespace.
     #[command(hide = true)]
@@ -169,9 +173,9 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Demo { probe_json } => demo(probe_json),
-        Command::BenchMigration { runs } => bench_migration(runs),
+        Command::BenchMigration { runs, json } => bench_migration(runs, json),
         Command::WanDelay { dev, delay_ms } => {
-            hinan_lab::delay::run_relay(&dev, Duration::from_millis(delay_ms))
+            hinan_lab::lab::delay::run_relay(&dev, Duration::from_millis(delay_ms))
         }
     }
 }
@@ -265,7 +269,7 @@ fn boot_lms(lab: &mut Lab, vm: &VmSpec) -> Result<Duration> {
 }
 
 fn interrupted() -> Result<()> {
-    if hinan_lab::interrupt::requested() {
+    if hinan_lab::lab::interrupt::requested() {
         bail!("interrupted");
     }
     Ok(())
@@ -282,7 +286,7 @@ fn watch(probe: &Probe, seconds: u64, label: &str) -> Result<()> {
 }
 
 fn demo(probe_json: Option<std::path::PathBuf>) -> Result<()> {
-    hinan_lab::interrupt::install();
+    hinan_lab::lab::interrupt::install();
     println!("hinan demo: two campuses, one LMS guest, a live migration under a client probe\n");
     println!("step 1: building campus A and campus B (namespaces, Open vSwitch, libvirtd, hinan's L2 VPN each)…");
     let t = Instant::now();
@@ -344,7 +348,7 @@ fn demo(probe_json: Option<std::path::PathBuf>) -> Result<()> {
         report.longest_outage_ms, report.failed
     );
     for site in lab.vpn_sites() {
-        let status = hinan_lab::vpn::status(&site)?;
+        let status = hinan_lab::lab::vpn::status(&site)?;
         let peer = &status["peers"][0];
         println!(
             "  hinan vpn at {}: {} frames out to {}, {} in; last handshake {:.1} s ago",
@@ -402,12 +406,35 @@ fn downtime_ms(job_info: &str) -> Option<f64> {
         .ok()
 }
 
-fn bench_migration(runs: usize) -> Result<()> {
+/// One live migration of `hinan-lab bench-migration`.
+#[derive(Debug, serde::Serialize)]
+struct MigrationRun {
+    from: String,
+    to: String,
+    wall_s: f64,
+    /// QEMU's "Total downtime" from the job info; `None` if it was not reported.
+    qemu_downtime_ms: Option<f64>,
+    probe_longest_outage_ms: f64,
+    probe_failed: u64,
+}
+
+/// What `hinan-lab bench-migration --json` writes.
+#[derive(Debug, serde::Serialize)]
+struct MigrationReport {
+    runs: Vec<MigrationRun>,
+    median_wall_s: f64,
+    median_qemu_downtime_ms: f64,
+    median_probe_longest_outage_ms: f64,
+    median_probe_failed: f64,
+}
+
+fn bench_migration(runs: usize, json: Option<std::path::PathBuf>) -> Result<()> {
     let mut lab = Lab::up(&LabSpec::default())?;
     let vm = VmSpec::default();
     boot_lms(&mut lab, &vm)?;
     println!("run  from->to  wall_s  qemu_downtime_ms  probe_longest_outage_ms  probe_failed");
     let (mut wall, mut down, mut outage, mut failed) = (vec![], vec![], vec![], vec![]);
+    let mut rows = Vec::new();
     for i in 0..runs {
         let (from, to) = if i % 2 == 0 { ("a", "b") } else { ("b", "a") };
         let probe = Probe::start(&lab.topo.client.ns, ProbeSpec::new(&vm.url()))?;
@@ -424,18 +451,38 @@ fn bench_migration(runs: usize) -> Result<()> {
             r.longest_outage_ms,
             r.failed
         );
+        rows.push(MigrationRun {
+            from: from.into(),
+            to: to.into(),
+            wall_s: m.wall.as_secs_f64(),
+            qemu_downtime_ms: d.is_finite().then_some(d),
+            probe_longest_outage_ms: r.longest_outage_ms,
+            probe_failed: r.failed as u64,
+        });
         wall.push(m.wall.as_secs_f64());
         down.push(d);
         outage.push(r.longest_outage_ms);
         failed.push(r.failed as f64);
     }
+    let report = MigrationReport {
+        runs: rows,
+        median_wall_s: median(wall),
+        median_qemu_downtime_ms: median(down),
+        median_probe_longest_outage_ms: median(outage),
+        median_probe_failed: median(failed),
+    };
     println!(
         "median over {runs} runs: wall {:.2} s, QEMU downtime {:.0} ms, probe longest outage {:.0} ms, failed probes {:.0}",
-        median(wall),
-        median(down),
-        median(outage),
-        median(failed)
+        report.median_wall_s,
+        report.median_qemu_downtime_ms,
+        report.median_probe_longest_outage_ms,
+        report.median_probe_failed
     );
+    if let Some(path) = json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
     let problems = lab.teardown();
     if !problems.is_empty() {
         bail!("clean-up problems: {}", problems.join("; "));

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::procs::ProcRecord;
-use crate::sys;
+use crate::lab::procs::ProcRecord;
+use crate::lab::sys;
 
 /// The TAP device each endpoint creates in the lab.
 pub const LAB_TAP: &str = "hv0";

@@ -4,12 +4,13 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use hinan_orchestrator::control::EventRecord;
+use serde::Serialize;
 
-use crate::cluster::{Appliance, Cluster};
-use crate::lab::Lab;
-use crate::wan::{self, LinkImpairment, WanState};
+use crate::lab::cluster::{Appliance, Cluster};
+use crate::lab::wan::{self, LinkImpairment, WanState};
+use crate::lab::{sys, Lab};
 
 pub fn unix_us() -> u64 {
     SystemTime::now()
@@ -219,5 +220,117 @@ pub fn soak(lab: &mut Lab, cluster: &Cluster, loss_pct: f64, duration: Duration)
         loss_pct,
         false_downs,
         commits,
+    })
+}
+
+/// One live migration of a published VM and how long the cluster took to
+/// follow it (`hinan-bench location`). Times are in ms relative to `virsh
+/// migrate` returning (negative: before libvirt reported the migration done),
+/// except `answered_ms`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LocationTrial {
+    pub from: String,
+    pub to: String,
+    /// `virsh migrate`'s wall time.
+    pub migration_s: f64,
+    /// An appliance saw the VM's MAC arrive (its `vm-moved` event).
+    pub seen_ms: Option<f64>,
+    /// The observer's replicated state holds the VM at `to` (the move
+    /// committed through Raft and applied there); polled every 5 ms from
+    /// before the migration starts, by a thread of its own.
+    pub committed_ms: f64,
+    /// From the commit until every appliance, asked in turn with `kdig`
+    /// every 5 ms, answers `name` with `to`'s public address.
+    pub answered_ms: f64,
+}
+
+/// Live-migrates `vm` from `from` to `to` with nobody telling the cluster,
+/// and times the VPN seeing the move, the commit of its new location at
+/// `observer` and the DNS answer `want` for `name` at every appliance of
+/// `sites`.
+#[allow(clippy::too_many_arguments)]
+pub fn location_after_migration(
+    lab: &mut Lab,
+    cluster: &Cluster,
+    vm: &str,
+    name: &str,
+    (from, to): (&str, &str),
+    observer: &str,
+    sites: &[&str],
+    want: &str,
+) -> Result<LocationTrial> {
+    let since: Vec<u64> = cluster
+        .appliances
+        .iter()
+        .map(|a| a.last_event())
+        .collect::<Result<_>>()?;
+    let watcher = {
+        let observer = cluster.get(observer)?.clone();
+        let answering: Vec<Appliance> = sites
+            .iter()
+            .map(|s| cluster.get(s).cloned())
+            .collect::<Result<_>>()?;
+        let (vm, to, name, want) = (
+            vm.to_owned(),
+            to.to_owned(),
+            name.to_owned(),
+            want.to_owned(),
+        );
+        std::thread::spawn(move || -> Result<(u64, u64)> {
+            sys::wait_for(
+                &format!("{vm}'s location at {to} committed at {}", observer.site),
+                Duration::from_secs(30),
+                Duration::from_millis(5),
+                || {
+                    let state = observer.state()?;
+                    Ok(state
+                        .vms
+                        .get(&vm)
+                        .is_some_and(|v| v.site == to)
+                        .then_some(()))
+                },
+            )?;
+            let committed = unix_us();
+            for a in &answering {
+                sys::wait_for(
+                    &format!("{} to answer {name} with {want}", a.site),
+                    Duration::from_secs(5),
+                    Duration::from_millis(5),
+                    || Ok((a.dns_answer(&name) == [want.as_str()]).then_some(())),
+                )?;
+            }
+            Ok((committed, unix_us()))
+        })
+    };
+    let started_us = unix_us();
+    let migration = lab.migrate_vm(vm, from, to)?;
+    let (committed_us, answered_us) = watcher
+        .join()
+        .map_err(|_| anyhow::anyhow!("the location watcher panicked"))??;
+    if lab.where_running(vm)?.as_deref() != Some(to) {
+        bail!("{vm} does not run at {to} after the migration");
+    }
+    let returned_us = migration
+        .returned_at
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i128)
+        .unwrap_or(0);
+    let ms_after_return = |unix_us: u64| (i128::from(unix_us) - returned_us) as f64 / 1000.0;
+    let mut seen_us = None;
+    for (a, &from_seq) in cluster.appliances.iter().zip(&since) {
+        for e in a.events(from_seq)? {
+            let this_move = e.seq > from_seq && e.at_unix_us >= started_us;
+            if this_move && e.kind == "vm-moved" && e.detail.starts_with(&format!("{vm} ")) {
+                seen_us = Some(seen_us.map_or(e.at_unix_us, |s: u64| s.min(e.at_unix_us)));
+            }
+        }
+    }
+    Ok(LocationTrial {
+        from: from.into(),
+        to: to.into(),
+        migration_s: migration.wall.as_secs_f64(),
+        seen_ms: seen_us.map(ms_after_return),
+        committed_ms: ms_after_return(committed_us),
+        answered_ms: (answered_us.saturating_sub(committed_us)) as f64 / 1000.0,
     })
 }

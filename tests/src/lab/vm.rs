@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::guest::GuestImage;
+use crate::lab::guest::GuestImage;
+use crate::lab::procs::ProcRecord;
 use crate::lab::{Lab, MIGRATION_PORT, SEGMENT_GATEWAY};
-use crate::procs::ProcRecord;
 
 /// One LMS guest.
 #[derive(Debug, Clone)]
@@ -89,6 +89,8 @@ pub struct Migration {
     pub from: String,
     pub to: String,
     pub wall: Duration,
+    /// When `virsh migrate` returned (wall clock, to compare with appliances' event times).
+    pub returned_at: std::time::SystemTime,
     /// `virsh domjobinfo --completed` at the destination, as printed.
     pub job_info: String,
 }
@@ -129,6 +131,7 @@ impl Lab {
         ])
         .with_context(|| format!("live migration of {name} from {from} to {to}"))?;
         let wall = start.elapsed();
+        let returned_at = std::time::SystemTime::now();
         self.record_qemu(to, name)?;
         let job_info = dst
             .virsh(&["domjobinfo", "--completed", name])
@@ -137,6 +140,7 @@ impl Lab {
             from: from.into(),
             to: to.into(),
             wall,
+            returned_at,
             job_info,
         })
     }

@@ -13,7 +13,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::netns;
+use crate::lab::netns;
 
 /// What to probe and how often.
 #[derive(Debug, Clone)]

@@ -23,9 +23,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::lab::procs::ProcRecord;
+use crate::lab::sys::{self, ip};
 use crate::lab::Lab;
-use crate::procs::ProcRecord;
-use crate::sys::{self, ip};
 
 /// Impairments of one WAN link.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -126,6 +126,15 @@ fn command_line<S: AsRef<OsStr>>(program: &str, args: &[S]) -> String {
     line
 }
 
+/// The first line `program args…` prints on stdout and stderr (how daemons
+/// tell their version), trimmed; `None` if it cannot run or prints nothing.
+pub fn version_line(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    text.lines().next().map(|l| l.trim().to_string())
+}
+
 /// Finds one of the workspace's binaries: `$env` if set, the running
 /// executable if it is `name`, else next to it (test binaries live in
 /// `target/<profile>/deps`, the binaries one level up).

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::sys;
+use crate::lab::sys;
 
 /// Kernel modules the initramfs loads, in order (they are `=m` in Debian's cloud kernel).
 const MODULES: &[&str] = &[

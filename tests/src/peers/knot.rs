@@ -1,7 +1,9 @@
-//! Real DNS peers for the DNS tests: Knot DNS as a secondary of hinan, and
-//! `kdig`. Knot runs as a child of the test (not a daemon), with its own
-//! configuration, storage and log in a temporary directory, on loopback.
+//! Knot DNS as a peer: an authoritative primary serving a zone file (the DNS
+//! benchmark's peer) and a secondary of a hinan zone, fed by AXFR/IXFR after
+//! NOTIFY with TSIG (the interop tests).
 
+use std::ffi::OsStr;
+use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -9,58 +11,58 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::sys;
+use crate::lab::daemon::Daemon;
+use crate::lab::dnslab::{addresses, free_port, TempDir};
+use crate::lab::run::RunDir;
+use crate::lab::sys;
+use crate::peers::ServedZone;
 
-/// A TCP/UDP port on 127.0.0.1 that was free a moment ago.
-pub fn free_port() -> Result<u16> {
-    let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
-    let port = udp.local_addr()?.port();
-    drop(udp);
-    Ok(port)
+/// Knot with its defaults (one UDP worker per CPU), everything in `dir`.
+pub fn primary_config(dir: &Path, zone: &ServedZone<'_>) -> String {
+    let d = dir.display();
+    let ServedZone {
+        origin,
+        listen,
+        port,
+        ..
+    } = zone;
+    format!(
+        "server:\n    rundir: \"{d}/run\"\n    listen: {listen}@{port}\n\
+         database:\n    storage: \"{d}/storage\"\n\
+         log:\n  - target: stderr\n    any: warning\n\
+         zone:\n  - domain: {origin}\n    file: \"{}\"\n    storage: \"{d}/storage\"\n    zonefile-sync: -1\n    journal-content: none\n",
+        zone.file.display()
+    )
 }
 
-/// A temporary directory removed on drop.
-#[derive(Debug)]
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> Result<TempDir> {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("hinan-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(TempDir(dir))
-    }
+/// Starts `knotd` in `ns` as the primary of `zone`, its files in `dir`, its
+/// output in `log`, recorded in `run` as `role`.
+pub fn start_primary(
+    run: &mut RunDir,
+    ns: &str,
+    role: &str,
+    dir: &Path,
+    zone: &ServedZone<'_>,
+    log: &Path,
+) -> Result<Daemon> {
+    let conf = dir.join("knot.conf");
+    fs::create_dir_all(dir.join("run"))?;
+    fs::create_dir_all(dir.join("storage"))?;
+    fs::write(&conf, primary_config(dir, zone))?;
+    Daemon::start(
+        run,
+        ns,
+        role,
+        OsStr::new("knotd"),
+        &[OsStr::new("-c"), conf.as_os_str()],
+        log,
+    )
+    .context("starting knotd (`.ci/deps.sh bench` installs knot)")
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// `kdig @server -p port args…`: its output (`+short` style answers are the caller's choice).
-pub fn kdig(server: SocketAddr, args: &[&str]) -> Result<String> {
-    let port = server.port().to_string();
-    let at = format!("@{}", server.ip());
-    let mut all = vec![at.as_str(), "-p", port.as_str(), "+time=2", "+retry=0"];
-    all.extend_from_slice(args);
-    sys::run("kdig", &all)
-}
-
-/// The A/AAAA addresses `kdig +short` prints for `name`.
-pub fn addresses(server: SocketAddr, name: &str, tcp: bool) -> Result<Vec<String>> {
-    let mut args = vec![name, "A", "+short"];
-    if tcp {
-        args.push("+tcp");
-    }
-    Ok(kdig(server, &args)?
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect())
+/// knotd's version line.
+pub fn version() -> Option<String> {
+    sys::version_line("knotd", &["--version"])
 }
 
 /// A TSIG key as Knot and BIND name it.
@@ -176,11 +178,4 @@ impl Drop for KnotSecondary {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Writes `text` to `dir/name` and returns the path.
-pub fn write(dir: &Path, name: &str, text: &str) -> Result<PathBuf> {
-    let p = dir.join(name);
-    std::fs::write(&p, text)?;
-    Ok(p)
 }

@@ -34,12 +34,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::procs::ProcRecord;
-use crate::run::{self, RunDir};
-use crate::sys::{self, ip, run_in};
-pub use crate::vpn::SegmentLink;
-use crate::vpn::{self, MeshOptions, VpnSite};
-use crate::wan::{self, WanState};
+use crate::lab::procs::ProcRecord;
+use crate::lab::run::{self, RunDir};
+use crate::lab::sys::{self, ip, run_in};
+use crate::lab::vpn::SegmentLink;
+use crate::lab::vpn::{self, MeshOptions, VpnSite};
+use crate::lab::wan::{self, WanState};
 
 /// The service segment shared by every campus.
 pub const SEGMENT_PREFIX: &str = "10.70.0.0/24";
@@ -506,7 +506,7 @@ impl Lab {
         let sites = self.vpn_sites();
         vpn::write_mesh(&sites, &MeshOptions::new(link))?;
         for (site, c) in sites.iter().zip(&topo.campuses) {
-            let appliance = crate::cluster::control_socket(&self.run.path, &c.name);
+            let appliance = crate::lab::cluster::control_socket(&self.run.path, &c.name);
             let rec = vpn::start_endpoint(site, vpn::LAB_TAP, Some(&appliance))?;
             self.record(rec)?;
             c.ovs_vsctl(&["add-port", "br0", vpn::LAB_TAP])?;
@@ -560,7 +560,7 @@ impl Lab {
             Duration::from_millis(100),
             || {
                 Ok(
-                    match crate::probe::http_get(
+                    match crate::lab::probe::http_get(
                         &self.topo.client.ns,
                         url,
                         Duration::from_millis(500),
@@ -653,7 +653,7 @@ impl Footprint {
                 left.push(format!("process {} (pid {})", p.role, p.pid));
             }
         }
-        for (pid, comm) in crate::procs::processes_in_netns(&self.netns_inodes) {
+        for (pid, comm) in crate::lab::procs::processes_in_netns(&self.netns_inodes) {
             left.push(format!("process {comm} (pid {pid}) in a lab namespace"));
         }
         if self.run_dir.exists() && std::env::var_os("HINAN_LAB_KEEP").is_none() {

@@ -8,9 +8,11 @@
 //! notification instead: a thread blocked in `recv` stamps it with
 //! [`Instant::now`] as soon as it wakes, typically well under a millisecond
 //! after the change.
+//!
+//! The socket is `netlink-sys`'s and the messages are read by
+//! `netlink-packet-route` (the rust-netlink family, as `rtnetlink` is built on).
 
-use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -18,23 +20,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-
-const NLMSG_HDR_LEN: usize = 16;
-const IFINFOMSG_LEN: usize = 16;
-const IFADDRMSG_LEN: usize = 8;
-const RTATTR_HDR_LEN: usize = 4;
-
-const RTM_NEWLINK: u16 = 16;
-const RTM_DELLINK: u16 = 17;
-const RTM_NEWADDR: u16 = 20;
-const RTM_DELADDR: u16 = 21;
-
-const IFA_ADDRESS: u16 = 1;
-const IFA_LOCAL: u16 = 2;
-const IFLA_IFNAME: u16 = 3;
-
-const IFF_UP: u32 = 0x1;
-const IFF_LOWER_UP: u32 = 0x1_0000;
+use netlink_packet_core::{NetlinkBuffer, NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use nix::sys::socket::{setsockopt, sockopt::ReceiveTimeout};
+use nix::sys::time::TimeVal;
 
 const RTMGRP_LINK: u32 = 0x1;
 const RTMGRP_IPV4_IFADDR: u32 = 0x10;
@@ -63,108 +55,74 @@ pub enum RtnlEvent {
     Overrun,
 }
 
-fn u16_at(buf: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(buf.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn u32_at(buf: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(buf.get(at..at + 4)?.try_into().ok()?))
-}
-
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-/// The attributes `(type, payload)` in `buf`; stops at the first malformed one.
-fn attributes(buf: &[u8]) -> Vec<(u16, &[u8])> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at + RTATTR_HDR_LEN <= buf.len() {
-        let (Some(len), Some(kind)) = (u16_at(buf, at), u16_at(buf, at + 2)) else {
-            break;
-        };
-        let len = usize::from(len);
-        if len < RTATTR_HDR_LEN || at + len > buf.len() {
-            break;
-        }
-        // The top two bits are the nested and byte-order flags.
-        out.push((kind & 0x3fff, &buf[at + RTATTR_HDR_LEN..at + len]));
-        at += align4(len);
-    }
-    out
-}
-
-fn parse_addr(added: bool, body: &[u8]) -> Option<RtnlEvent> {
-    if body.len() < IFADDRMSG_LEN || i32::from(body[0]) != libc::AF_INET {
+fn address_event(added: bool, msg: &AddressMessage) -> Option<RtnlEvent> {
+    if msg.header.family != AddressFamily::Inet {
         return None;
     }
-    let prefix_len = body[1];
-    let ifindex = u32_at(body, 4)?;
-    let attrs = attributes(&body[IFADDRMSG_LEN..]);
     // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer's on
     // point-to-point links and equals IFA_LOCAL elsewhere.
-    let pick = |want: u16| {
-        attrs
-            .iter()
-            .find(|(kind, data)| *kind == want && data.len() == 4)
-            .map(|(_, data)| Ipv4Addr::new(data[0], data[1], data[2], data[3]))
+    let pick = |local: bool| {
+        msg.attributes.iter().find_map(|a| match (a, local) {
+            (AddressAttribute::Local(IpAddr::V4(v4)), true)
+            | (AddressAttribute::Address(IpAddr::V4(v4)), false) => Some(*v4),
+            _ => None,
+        })
     };
-    let addr = pick(IFA_LOCAL).or_else(|| pick(IFA_ADDRESS))?;
+    let addr = pick(true).or_else(|| pick(false))?;
     Some(RtnlEvent::Addr {
         added,
-        ifindex,
+        ifindex: msg.header.index,
         addr,
-        prefix_len,
+        prefix_len: msg.header.prefix_len,
     })
 }
 
-fn parse_link(deleted: bool, body: &[u8]) -> Option<RtnlEvent> {
-    if body.len() < IFINFOMSG_LEN {
-        return None;
-    }
-    let ifindex = u32_at(body, 4)?;
-    let flags = u32_at(body, 8)?;
-    let name = attributes(&body[IFINFOMSG_LEN..])
-        .into_iter()
-        .find(|(kind, _)| *kind == IFLA_IFNAME)
-        .map(|(_, data)| {
-            let end = data.iter().position(|&b| b == 0).unwrap_or(data.len());
-            String::from_utf8_lossy(&data[..end]).into_owned()
+fn link_event(deleted: bool, msg: &LinkMessage) -> RtnlEvent {
+    let name = msg
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n.clone()),
+            _ => None,
         })
         .unwrap_or_default();
-    Some(RtnlEvent::Link {
-        ifindex,
+    RtnlEvent::Link {
+        ifindex: msg.header.index,
         name,
-        up: flags & IFF_UP != 0,
-        lower_up: flags & IFF_LOWER_UP != 0,
+        up: msg.header.flags.contains(LinkFlags::Up),
+        lower_up: msg.header.flags.contains(LinkFlags::LowerUp),
         deleted,
-    })
+    }
 }
 
 /// The link and IPv4 address events in one datagram from a route netlink
-/// socket. Other messages are skipped; parsing stops at the first malformed
-/// header, and never panics.
+/// socket. Other messages, and messages whose body does not parse, are
+/// skipped; parsing stops at the first malformed header, and never panics.
 pub fn parse(buf: &[u8]) -> Vec<RtnlEvent> {
     let mut events = Vec::new();
     let mut at = 0;
-    while at + NLMSG_HDR_LEN <= buf.len() {
-        let (Some(len), Some(kind)) = (u32_at(buf, at), u16_at(buf, at + 4)) else {
+    while at < buf.len() {
+        // Checks that the header fits and that its length covers the header
+        // and lies within the datagram.
+        let Ok(header) = NetlinkBuffer::new_checked(&buf[at..]) else {
             break;
         };
-        let len = len as usize;
-        if len < NLMSG_HDR_LEN || at + len > buf.len() {
-            break;
+        let len = header.length() as usize;
+        if let Ok(msg) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[at..at + len]) {
+            let event = match &msg.payload {
+                NetlinkPayload::InnerMessage(m) => match m {
+                    RouteNetlinkMessage::NewAddress(a) => address_event(true, a),
+                    RouteNetlinkMessage::DelAddress(a) => address_event(false, a),
+                    RouteNetlinkMessage::NewLink(l) => Some(link_event(false, l)),
+                    RouteNetlinkMessage::DelLink(l) => Some(link_event(true, l)),
+                    _ => None,
+                },
+                _ => None,
+            };
+            events.extend(event);
         }
-        let body = &buf[at + NLMSG_HDR_LEN..at + len];
-        let event = match kind {
-            RTM_NEWADDR => parse_addr(true, body),
-            RTM_DELADDR => parse_addr(false, body),
-            RTM_NEWLINK => parse_link(false, body),
-            RTM_DELLINK => parse_link(true, body),
-            _ => None,
-        };
-        events.extend(event);
-        at += align4(len);
+        // Messages are 4-byte aligned within a datagram.
+        at += (len + 3) & !3;
     }
     events
 }
@@ -187,7 +145,7 @@ impl RtnlWatch {
         let (ready_tx, ready) = mpsc::sync_channel(1);
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
-        let thread = crate::netns::spawn_in(ns, move || {
+        let thread = crate::lab::netns::spawn_in(ns, move || {
             let sock = match subscribe() {
                 Ok(s) => {
                     let _ = ready_tx.send(Ok(()));
@@ -200,22 +158,20 @@ impl RtnlWatch {
             };
             let mut buf = vec![0u8; 64 * 1024];
             while !stopping.load(Ordering::Relaxed) {
-                // SAFETY: recv writes at most buf.len() bytes into buf, which we own.
-                let n =
-                    unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+                let n = sock.recv(&mut &mut buf[..], 0);
                 let at = Instant::now();
-                if n < 0 {
-                    let err = std::io::Error::last_os_error();
-                    match err.raw_os_error() {
+                let n = match n {
+                    Ok(n) => n.min(buf.len()),
+                    Err(err) => match err.raw_os_error() {
                         Some(libc::EAGAIN | libc::EINTR) => continue,
                         Some(libc::ENOBUFS) => {
                             let _ = tx.send((at, RtnlEvent::Overrun));
                             continue;
                         }
                         _ => return Err(err).context("receiving from the rtnetlink socket"),
-                    }
-                }
-                for event in parse(&buf[..n as usize]) {
+                    },
+                };
+                for event in parse(&buf[..n]) {
                     if tx.send((at, event)).is_err() {
                         return Ok(());
                     }
@@ -279,63 +235,32 @@ impl Drop for RtnlWatch {
 
 /// A route netlink socket subscribed to link and IPv4 address changes, whose
 /// `recv` wakes every 100 ms so the watcher can notice it should stop.
-fn subscribe() -> Result<OwnedFd> {
-    // SAFETY: plain socket(2) call; the descriptor is owned right below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("opening a NETLINK_ROUTE socket");
-    }
-    // SAFETY: fd is a fresh descriptor nobody else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: sockaddr_nl is plain data; all-zero is a valid value.
-    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    addr.nl_groups = RTMGRP_LINK | RTMGRP_IPV4_IFADDR;
-    // SAFETY: addr is a valid sockaddr_nl and the length is its size.
-    let rc = unsafe {
-        libc::bind(
-            sock.as_raw_fd(),
-            (&addr as *const libc::sockaddr_nl).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("binding the rtnetlink socket");
-    }
-    let timeout = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 100_000,
-    };
-    let rcvbuf: libc::c_int = 1 << 20;
-    // SAFETY: both options take the pointed-to value by size; the values live across the calls.
-    unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&timeout as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        );
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&rcvbuf as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
+fn subscribe() -> Result<Socket> {
+    let mut sock = Socket::new(NETLINK_ROUTE).context("opening a NETLINK_ROUTE socket")?;
+    sock.bind(&SocketAddr::new(0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR))
+        .context("binding the rtnetlink socket")?;
+    setsockopt(&sock, ReceiveTimeout, &TimeVal::new(0, 100_000))
+        .context("setting the rtnetlink socket's receive timeout")?;
+    sock.set_rx_buf_sz(1usize << 20)
+        .context("sizing the rtnetlink socket's receive buffer")?;
     Ok(sock)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Written by hand from <linux/netlink.h> and <linux/rtnetlink.h>, so the
+    // parser is checked against the kernel's layout, not against itself.
+    const NLMSG_HDR_LEN: usize = 16;
+    const IFADDRMSG_LEN: usize = 8;
+    const RTATTR_HDR_LEN: usize = 4;
+    const RTM_NEWLINK: u16 = 16;
+    const RTM_NEWADDR: u16 = 20;
+    const RTM_DELADDR: u16 = 21;
+    const IFA_ADDRESS: u16 = 1;
+    const IFA_LOCAL: u16 = 2;
+    const IFLA_IFNAME: u16 = 3;
 
     fn nlmsg(kind: u16, body: &[u8]) -> Vec<u8> {
         let len = (NLMSG_HDR_LEN + body.len()) as u32;

@@ -17,9 +17,9 @@ use hinan_orchestrator::state::{
     ClusterState, Command as StateCommand, Site, StorageMode, Vm, VmCheck,
 };
 
+use crate::lab::procs::ProcRecord;
+use crate::lab::sys;
 use crate::lab::Lab;
-use crate::procs::ProcRecord;
-use crate::sys;
 
 /// Raft transport port.
 pub const RAFT_PORT: u16 = 7400;
@@ -52,6 +52,29 @@ impl Appliance {
     /// the appliance may take to answer.
     fn ask<T: serde::de::DeserializeOwned>(&self, req: Request, wait: Duration) -> Result<T> {
         Ok(control::call_as(&self.socket, &req, wait)?)
+    }
+
+    /// The addresses this appliance's DNS server answers for `name` (type
+    /// A), asked with `kdig` in its namespace; empty when it does not answer.
+    pub fn dns_answer(&self, name: &str) -> Vec<String> {
+        let out = sys::run_in(
+            &self.ns,
+            "kdig",
+            &[
+                &format!("@{}", self.wan_ip),
+                name,
+                "A",
+                "+short",
+                "+time=1",
+                "+retry=0",
+            ],
+        )
+        .unwrap_or_default();
+        out.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect()
     }
 
     pub fn status(&self) -> Result<StatusReply> {

@@ -31,10 +31,11 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::run::{self, RunDir};
-use crate::stats::{median, percentile};
-use crate::sys::{self, ip, run_in};
-use crate::vpnbench::{self, Daemon};
+use crate::bench::stats::{median, percentile};
+use crate::lab::daemon::{self, Daemon};
+use crate::lab::run::{self, RunDir};
+use crate::lab::sys::{self, ip, run_in};
+use crate::peers::{knot, nsd, ServedZone};
 
 /// The zone every server serves.
 pub const ORIGIN: &str = "univ-a.example";
@@ -376,7 +377,7 @@ fn run_all(
     // moment falls on all of them alike.
     for round in 1..=spec.trials {
         for row in rows.iter_mut().filter(|r| r.error.is_none()) {
-            if crate::interrupt::requested() {
+            if crate::lab::interrupt::requested() {
                 bail!("interrupted");
             }
             let s = row.server;
@@ -384,7 +385,7 @@ fn run_all(
                 progress(&format!("  {s}: {e:#}"));
                 row.error = Some(format!("{e:#}"));
             }
-            if crate::interrupt::requested() {
+            if crate::lab::interrupt::requested() {
                 bail!("interrupted");
             }
         }
@@ -441,7 +442,7 @@ fn measure(
     let sdir = dir.join(s.name());
     fs::create_dir_all(&sdir)?;
     let daemon = start(rd, ns, &sdir, &dir.join("zone"), s, spec)?;
-    vpnbench::wait_while_running(
+    daemon::wait_while_running(
         &format!("{s} to answer the SOA query on {LISTEN}:{PORT}"),
         Duration::from_secs(15),
         Duration::from_millis(50),
@@ -481,7 +482,7 @@ fn measure(
             daemon.log_tail(20)
         );
     }
-    if spec.latency_secs > 0 && !crate::interrupt::requested() {
+    if spec.latency_secs > 0 && !crate::lab::interrupt::requested() {
         let out = dir.join(format!("{s}-verbose.txt"));
         dnsperf(ns, qfile, spec, spec.latency_secs, Some(&out))?;
         let text = fs::read_to_string(&out).unwrap_or_default();
@@ -537,39 +538,17 @@ fn start(
 ) -> Result<Daemon> {
     let log = sdir.join(format!("{s}.log"));
     let role = format!("dnsbench/{s}");
+    let served = ServedZone {
+        origin: ORIGIN,
+        file: zone,
+        listen: LISTEN,
+        port: PORT,
+    };
     match s {
-        Server::Knot => {
-            let conf = sdir.join("knot.conf");
-            fs::create_dir_all(sdir.join("run"))?;
-            fs::create_dir_all(sdir.join("storage"))?;
-            fs::write(&conf, knot_config(sdir, zone))?;
-            Daemon::start(
-                rd,
-                ns,
-                &role,
-                OsStr::new("knotd"),
-                &[OsStr::new("-c"), conf.as_os_str()],
-                &log,
-            )
-            .context("starting knotd (`.ci/deps.sh bench` installs knot)")
-        }
-        Server::Nsd => {
-            let conf = sdir.join("nsd.conf");
-            fs::write(&conf, nsd_config(sdir, zone, spec.nsd_servers))?;
-            sys::run("nsd-checkconf", &[conf.as_os_str()])
-                .context("nsd-checkconf rejects the generated configuration")?;
-            Daemon::start(
-                rd,
-                ns,
-                &role,
-                OsStr::new("nsd"),
-                &[OsStr::new("-d"), OsStr::new("-c"), conf.as_os_str()],
-                &log,
-            )
-            .context("starting nsd (`.ci/deps.sh bench` installs it)")
-        }
+        Server::Knot => knot::start_primary(rd, ns, &role, sdir, &served, &log),
+        Server::Nsd => nsd::start(rd, ns, &role, sdir, &served, spec.nsd_servers, &log),
         Server::Hinan => {
-            let bin = crate::vpn::hinan_bin()?;
+            let bin = crate::lab::vpn::hinan_bin()?;
             let conf = sdir.join("hinan-dns.toml");
             fs::write(&conf, hinan_dns_config())?;
             Daemon::start(
@@ -588,33 +567,6 @@ fn start(
             .with_context(|| format!("starting `{} dns serve`", bin.display()))
         }
     }
-}
-
-/// Knot with its defaults (one UDP worker per CPU), everything in `dir`.
-pub fn knot_config(dir: &Path, zone: &Path) -> String {
-    let d = dir.display();
-    format!(
-        "server:\n    rundir: \"{d}/run\"\n    listen: {LISTEN}@{PORT}\n\
-         database:\n    storage: \"{d}/storage\"\n\
-         log:\n  - target: stderr\n    any: warning\n\
-         zone:\n  - domain: {ORIGIN}\n    file: \"{}\"\n    storage: \"{d}/storage\"\n    zonefile-sync: -1\n    journal-content: none\n",
-        zone.display()
-    )
-}
-
-/// NSD without response rate limiting (it would throttle the load), with
-/// `servers` processes sharing the port, every file in `dir`.
-pub fn nsd_config(dir: &Path, zone: &Path, servers: usize) -> String {
-    let d = dir.display();
-    format!(
-        "server:\n    ip-address: {LISTEN}\n    port: {PORT}\n    server-count: {servers}\n    reuseport: yes\n\
-         \x20   username: \"\"\n    chroot: \"\"\n    database: \"\"\n    zonesdir: \"{d}\"\n\
-         \x20   pidfile: \"{d}/nsd.pid\"\n    xfrdfile: \"{d}/xfrd.state\"\n    zonelistfile: \"{d}/zone.list\"\n\
-         \x20   xfrdir: \"{d}\"\n    rrl-ratelimit: 0\n    verbosity: 1\n\
-         remote-control:\n    control-enable: no\n\
-         zone:\n    name: {ORIGIN}\n    zonefile: \"{}\"\n",
-        zone.display()
-    )
 }
 
 /// hinan's `[dns]` table for the same zone: the SOA and NS from the zone's
@@ -842,18 +794,12 @@ pub fn verbose_latencies_ms(text: &str) -> Vec<f64> {
 }
 
 fn version(s: Server) -> String {
-    let first = |prog: &str, args: &[&str]| -> Option<String> {
-        let out = std::process::Command::new(prog).args(args).output().ok()?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        text.lines().next().map(|l| l.trim().to_string())
-    };
     match s {
-        Server::Knot => first("knotd", &["--version"]),
-        Server::Nsd => first("nsd", &["-v"]),
-        Server::Hinan => crate::vpn::hinan_bin()
+        Server::Knot => knot::version(),
+        Server::Nsd => nsd::version(),
+        Server::Hinan => crate::lab::vpn::hinan_bin()
             .ok()
-            .and_then(|b| first(&b.to_string_lossy(), &["--version"])),
+            .and_then(|b| sys::version_line(&b.to_string_lossy(), &["--version"])),
     }
     .unwrap_or_else(|| format!("{s} (version unknown)"))
 }

@@ -32,19 +32,20 @@ use std::ffi::OsStr;
 use std::fmt;
 use std::fs;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::bench::stats::median;
+use crate::lab::daemon::{address_device, wait_while_running, Daemon};
+use crate::lab::run::RunDir;
+use crate::lab::sys::{self, run_in};
+use crate::lab::vpn::{self, MeshOptions, SegmentLink, VpnSite};
 use crate::lab::{Campus, Lab, LabSpec};
-use crate::procs::ProcRecord;
-use crate::run::RunDir;
-use crate::stats::median;
-use crate::sys::{self, ip, run_in};
-use crate::vpn::{self, MeshOptions, SegmentLink, VpnSite};
+use crate::peers::{tinc, wireguard_go};
 
 /// The iperf3 port in campus B.
 pub const IPERF_PORT: u16 = 5201;
@@ -109,6 +110,11 @@ impl Tunnel {
             Tunnel::Bare => 0,
         };
         Ipv4Addr::new(10, net, 0, side)
+    }
+
+    /// The inside addresses of campus A's and B's ends.
+    fn inside_pair(self) -> [Ipv4Addr; 2] {
+        [self.inside(1), self.inside(2)]
     }
 }
 
@@ -266,7 +272,7 @@ fn run_in_lab(
     // all of them alike.
     for round in 1..=spec.trials {
         for row in rows.iter_mut().filter(|r| r.error.is_none()) {
-            if crate::interrupt::requested() {
+            if crate::lab::interrupt::requested() {
                 bail!("interrupted");
             }
             let t = row.tunnel;
@@ -275,7 +281,7 @@ fn run_in_lab(
                 progress(&format!("  {t}: {e:#}"));
                 row.error = Some(format!("{e:#}"));
             }
-            if crate::interrupt::requested() {
+            if crate::lab::interrupt::requested() {
                 bail!("interrupted");
             }
         }
@@ -343,8 +349,8 @@ fn measure_tunnel(
     let started = Instant::now();
     let endpoints = match t {
         Tunnel::Bare => Vec::new(),
-        Tunnel::WireguardGo => start_wireguard_go(&mut lab.run, &dir, a, b)?,
-        Tunnel::TincSwitch => start_tinc(&mut lab.run, &dir, a, b)?,
+        Tunnel::WireguardGo => wireguard_go::start(&mut lab.run, &dir, a, b, t.inside_pair())?,
+        Tunnel::TincSwitch => tinc::start(&mut lab.run, &dir, a, b, t.inside_pair())?,
         Tunnel::HinanRaw | Tunnel::HinanWireguard => {
             start_hinan(&mut lab.run, &dir, a, b, t, spec.hinan_offload)?
         }
@@ -379,7 +385,7 @@ fn measure_tunnel(
         || Ok(listening_tcp(&b.ns, IPERF_PORT).then_some(())),
     )?;
     for test in [Test::Tcp(1), Test::Tcp(4), Test::Small] {
-        if crate::interrupt::requested() {
+        if crate::lab::interrupt::requested() {
             bail!("interrupted");
         }
         for d in endpoints.iter().chain(std::iter::once(&iperf)) {
@@ -576,252 +582,6 @@ fn logs(daemons: &[Daemon]) -> String {
         .iter()
         .map(|d| format!("\n--- {} log:\n{}", d.rec.role, d.log_tail(15)))
         .collect()
-}
-
-/// A process a benchmark started in a namespace: recorded in the run's
-/// manifest (so a crashed run is cleaned up by the next lab), stopped by PID
-/// when dropped.
-#[derive(Debug)]
-pub struct Daemon {
-    pub rec: ProcRecord,
-    pub log: PathBuf,
-    /// Files it leaves behind when killed, removed after it stops.
-    pub leaves: Vec<PathBuf>,
-}
-
-impl Daemon {
-    /// Starts `program args…` in `ns` (own session, output to `log`).
-    pub fn start<S: AsRef<OsStr>>(
-        run: &mut RunDir,
-        ns: &str,
-        role: &str,
-        program: &OsStr,
-        args: &[S],
-        log: &Path,
-    ) -> Result<Daemon> {
-        let pid = sys::spawn_daemon_in(ns, program, args, log)?;
-        let rec = ProcRecord::of(role, pid as i32).with_context(|| {
-            format!(
-                "{} exited at once; its log:\n{}",
-                program.to_string_lossy(),
-                tail(log, 15)
-            )
-        })?;
-        run.add_process(rec.clone())?;
-        Ok(Daemon {
-            rec,
-            log: log.to_path_buf(),
-            leaves: Vec::new(),
-        })
-    }
-
-    /// Whether it still runs (an exited child is reaped here).
-    pub fn running(&self) -> bool {
-        let mut status = 0;
-        // SAFETY: waitpid with WNOHANG on one PID only writes `status`.
-        unsafe {
-            libc::waitpid(self.rec.pid, &mut status, libc::WNOHANG);
-        }
-        self.rec.alive()
-    }
-
-    pub fn log_tail(&self, n: usize) -> String {
-        tail(&self.log, n)
-    }
-
-    /// SIGTERM, then SIGKILL after 3 s.
-    pub fn stop(&self) {
-        self.rec.stop(Duration::from_secs(3));
-        for f in &self.leaves {
-            let _ = fs::remove_file(f);
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-pub fn tail(path: &Path, n: usize) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// Polls `probe` every `step` until it gives a value or `limit` passes, like
-/// [`sys::wait_for`], but fails at once, with its log, when one of `daemons` exits.
-pub fn wait_while_running<T>(
-    what: &str,
-    limit: Duration,
-    step: Duration,
-    daemons: &[&Daemon],
-    mut probe: impl FnMut() -> Option<T>,
-) -> Result<T> {
-    sys::wait_for(what, limit, step, || {
-        if let Some(d) = daemons.iter().find(|d| !d.running()) {
-            return Ok(Some(Err(anyhow::anyhow!(
-                "{} exited while waiting for {what}; its log:\n{}",
-                d.rec.role,
-                d.log_tail(20)
-            ))));
-        }
-        Ok(probe().map(Ok))
-    })?
-}
-
-/// Waits for device `dev` in `ns` (created by a daemon), gives it `addr/24`, brings it up.
-fn address_device(ns: &str, dev: &str, addr: Ipv4Addr, daemon: &Daemon) -> Result<()> {
-    wait_while_running(
-        &format!("{} to create {dev} in {ns}", daemon.rec.role),
-        Duration::from_secs(10),
-        Duration::from_millis(20),
-        &[daemon],
-        || ip(ns, &["link", "show", dev]).ok().map(|_| ()),
-    )?;
-    ip(ns, &["addr", "add", &format!("{addr}/24"), "dev", dev])?;
-    ip(ns, &["link", "set", dev, "up"])?;
-    Ok(())
-}
-
-/// A WireGuard key pair from `wg genkey` / `wg pubkey`.
-#[derive(Debug, Clone)]
-pub struct WgKeys {
-    pub private: String,
-    pub public: String,
-}
-
-pub fn wg_keys() -> Result<WgKeys> {
-    let private = sys::run("wg", &["genkey"])
-        .context("`wg genkey` (wireguard-tools; `.ci/deps.sh bench` installs it)")?
-        .trim()
-        .to_string();
-    let public = sys::run_with_input("wg", &["pubkey"], Some(&format!("{private}\n")))?
-        .trim()
-        .to_string();
-    Ok(WgKeys { private, public })
-}
-
-/// The run's short id: interface names that must be unique on the machine
-/// (wireguard-go's UAPI sockets in /var/run/wireguard are shared by all namespaces).
-fn run_tag(run: &RunDir) -> String {
-    run.manifest.id.chars().take(6).collect()
-}
-
-fn start_wireguard_go(run: &mut RunDir, dir: &Path, a: &Campus, b: &Campus) -> Result<Vec<Daemon>> {
-    const PORT: u16 = 51821;
-    let tag = run_tag(run);
-    let keys = [wg_keys()?, wg_keys()?];
-    let mut daemons = Vec::new();
-    for (me, peer, mine, theirs) in [(a, b, 0usize, 1usize), (b, a, 1, 0)] {
-        let dev = format!("wgb{tag}{}", me.name);
-        let key_file = dir.join(format!("{}.key", me.name));
-        fs::write(&key_file, format!("{}\n", keys[mine].private))?;
-        let sock = PathBuf::from(format!("/var/run/wireguard/{dev}.sock"));
-        let mut d = Daemon::start(
-            run,
-            &me.ns,
-            &format!("vpnbench/wireguard-go/{}", me.name),
-            OsStr::new("env"),
-            &[
-                // Debian's build refuses to start where the kernel module could be used.
-                "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1",
-                "LOG_LEVEL=error",
-                "wireguard-go",
-                "-f",
-                &dev,
-            ],
-            &dir.join(format!("wireguard-go-{}.log", me.name)),
-        )
-        .context("starting wireguard-go (`.ci/deps.sh bench` installs it)")?;
-        // wireguard-go removes its UAPI socket on SIGTERM, not after SIGKILL.
-        d.leaves.push(sock.clone());
-        wait_while_running(
-            &format!("wireguard-go's UAPI socket {}", sock.display()),
-            Duration::from_secs(10),
-            Duration::from_millis(20),
-            &[&d],
-            || sock.exists().then_some(()),
-        )?;
-        run_in(
-            &me.ns,
-            "wg",
-            &[
-                "set",
-                &dev,
-                "private-key",
-                &key_file.to_string_lossy(),
-                "listen-port",
-                &PORT.to_string(),
-                "peer",
-                &keys[theirs].public,
-                "endpoint",
-                &format!("{}:{PORT}", peer.public_ip),
-                "allowed-ips",
-                &format!("{}/32", Tunnel::WireguardGo.inside(theirs as u8 + 1)),
-            ],
-        )?;
-        ip(&me.ns, &["link", "set", &dev, "mtu", "1420"])?;
-        address_device(&me.ns, &dev, Tunnel::WireguardGo.inside(mine as u8 + 1), &d)?;
-        daemons.push(d);
-    }
-    Ok(daemons)
-}
-
-/// tinc 1.0 in switch mode: one config directory per campus with its RSA key
-/// pair (generated non-interactively) and both host files; A connects to B.
-fn start_tinc(run: &mut RunDir, dir: &Path, a: &Campus, b: &Campus) -> Result<Vec<Daemon>> {
-    const PORT: u16 = 655;
-    let tag = run_tag(run);
-    let conf = |c: &Campus| dir.join(format!("tinc-{}", c.name));
-    for (me, peer) in [(a, b), (b, a)] {
-        let d = conf(me);
-        fs::create_dir_all(d.join("hosts"))?;
-        let mut text = format!(
-            "Name = {}\nMode = switch\nInterface = tnb{tag}{}\nAddressFamily = ipv4\nBindToAddress = {}\nPort = {PORT}\n",
-            me.name, me.name, me.public_ip
-        );
-        if me.index == 0 {
-            text.push_str(&format!("ConnectTo = {}\n", peer.name));
-        }
-        fs::write(d.join("tinc.conf"), text)?;
-        fs::write(
-            d.join("hosts").join(&me.name),
-            format!("Address = {}\nPort = {PORT}\n", me.public_ip),
-        )?;
-        sys::run("tincd", &["-c", &d.to_string_lossy(), "-K2048"])
-            .context("generating tinc's keys (`tincd -K`; `.ci/deps.sh bench` installs tinc)")?;
-    }
-    for (me, peer) in [(a, b), (b, a)] {
-        fs::copy(
-            conf(me).join("hosts").join(&me.name),
-            conf(peer).join("hosts").join(&me.name),
-        )?;
-    }
-    let mut daemons = Vec::new();
-    for me in [b, a] {
-        let d = conf(me);
-        let daemon = Daemon::start(
-            run,
-            &me.ns,
-            &format!("vpnbench/tincd/{}", me.name),
-            OsStr::new("tincd"),
-            &[
-                "-c",
-                &d.to_string_lossy(),
-                "-D",
-                &format!("--pidfile={}", d.join("tinc.pid").display()),
-            ],
-            &dir.join(format!("tincd-{}.log", me.name)),
-        )
-        .context("starting tincd (`.ci/deps.sh bench` installs tinc)")?;
-        let dev = format!("tnb{tag}{}", me.name);
-        let side = if me.index == 0 { 1 } else { 2 };
-        address_device(&me.ns, &dev, Tunnel::TincSwitch.inside(side), &daemon)?;
-        daemons.push(daemon);
-    }
-    Ok(daemons)
 }
 
 /// hinan's two endpoints, configured by the lab's own mesh writer

@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::procs::{self, ProcRecord};
-use crate::sys;
+use crate::lab::procs::{self, ProcRecord};
+use crate::lab::sys;
 
 /// Prefix of every network namespace the lab creates.
 pub const NETNS_PREFIX: &str = "hl-";
