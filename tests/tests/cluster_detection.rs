@@ -17,7 +17,7 @@ use hinan_lab::lab::probe::http_get;
 use hinan_lab::lab::wan::{self, WanState};
 use hinan_lab::lab::SegmentLink;
 use hinan_lab::{Lab, LabSpec, VmSpec};
-use hinan_orchestrator::state::StorageMode;
+use hinan_orchestrator::core::state::StorageMode;
 
 #[test]
 fn site_and_link_faults_and_p1_p2_monitors() {

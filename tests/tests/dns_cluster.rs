@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use hinan_lab::lab::cluster::Cluster;
 use hinan_lab::lab::{guest, sys};
 use hinan_lab::{Lab, LabSpec, VmSpec};
-use hinan_orchestrator::state::{Command, Service, StorageMode};
+use hinan_orchestrator::core::state::{Command, Service, StorageMode};
 
 const NAME: &str = "lms.univ-a.example";
 

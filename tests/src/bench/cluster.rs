@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use hinan_orchestrator::control::EventRecord;
+use hinan_orchestrator::shell::control::EventRecord;
 use serde::Serialize;
 
 use crate::lab::cluster::{Appliance, Cluster};

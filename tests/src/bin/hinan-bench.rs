@@ -609,7 +609,7 @@ struct LocationReport {
 fn bench_location(runs: usize, json: Option<PathBuf>) -> Result<()> {
     use hinan_lab::bench::cluster::location_after_migration;
     use hinan_lab::lab::guest;
-    use hinan_orchestrator::state::{Command as StateCommand, Service, StorageMode};
+    use hinan_orchestrator::core::state::{Command as StateCommand, Service, StorageMode};
     const NAME: &str = "lms.univ-a.example";
     const DNS: &str =
         "[dns]\nlisten = [\"0.0.0.0:53\"]\nudp_threads = 1\nfallback = [\"192.0.2.80\"]\n\n\
