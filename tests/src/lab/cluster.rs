@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use hinan_orchestrator::shell::control::{
-    self, AppliedReply, EventRecord, ProposeReply, Request, StatusReply,
-};
 use hinan_orchestrator::core::state::{
     ClusterState, Command as StateCommand, Site, StorageMode, Vm, VmCheck,
+};
+use hinan_orchestrator::shell::control::{
+    self, AppliedReply, EventRecord, ProposeReply, Request, StatusReply,
 };
 
 use crate::lab::procs::ProcRecord;
