@@ -22,5 +22,6 @@ pub mod bridge;
 pub mod device;
 pub mod mss;
 pub mod offload;
+pub mod sys;
 pub mod tap;
 pub mod wire;

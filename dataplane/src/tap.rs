@@ -52,6 +52,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::device::{DeviceError, FrameDevice};
 use crate::offload::{self, VirtioNetHdr, VirtioNetHdrRepr, VIRTIO_NET_HDR_LEN};
+use crate::sys::{cvt, cvt_size};
 
 /// Longest interface name Linux accepts (`IFNAMSIZ` minus the NUL).
 pub const MAX_NAME_LEN: usize = libc::IFNAMSIZ - 1;
@@ -248,22 +249,6 @@ impl IfReq {
             .map(|&c| c as u8)
             .collect();
         String::from_utf8_lossy(&bytes).into_owned()
-    }
-}
-
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
-
-fn cvt_size(ret: libc::ssize_t) -> io::Result<usize> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret as usize)
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use hinan_lab::lab::cluster::Cluster;
 use hinan_lab::lab::{guest, sys};
 use hinan_lab::{Lab, LabSpec, VmSpec};
-use hinan_orchestrator::core::state::{Command, Service, StorageMode};
+use hinan_orchestrator::core::state::StorageMode;
 
 const NAME: &str = "lms.univ-a.example";
 
@@ -70,17 +70,8 @@ fn a_live_migration_changes_the_answer_at_every_appliance_once_the_vpn_sees_it()
     let a = cluster.get("a").unwrap();
     a.register_lab_vm(&vm, StorageMode::Shared)
         .expect("sites and VM committed");
-    a.propose(Command::PutService(Service {
-        hostname: NAME.into(),
-        vm: vm.name.clone(),
-        ports: vec![80],
-        public_address: [
-            ("a".to_string(), addr_a.clone()),
-            ("b".to_string(), addr_b.clone()),
-        ]
-        .into(),
-    }))
-    .expect("service committed");
+    a.publish_lab_vm(NAME, &vm, &[("a", &addr_a), ("b", &addr_b)])
+        .expect("service committed");
 
     // Before: every appliance sends users to campus A.
     for site in sites {

@@ -130,34 +130,13 @@ fn marker_frame(marker: &str) -> Vec<u8> {
 /// (there, the route to `to` leads into wireguard-go's TUN device).
 fn inject_etherip(ns: &str, to: Ipv4Addr, frame: Vec<u8>) {
     netns::run_in(ns, move || {
-        // SAFETY: a raw socket we own, closed below.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, 97) };
-        anyhow::ensure!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(97)))?;
         let mut packet = vec![0x30, 0x00];
         packet.extend_from_slice(&frame);
-        let sin = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: 0,
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes(to.octets()),
-            },
-            sin_zero: [0; 8],
-        };
-        // SAFETY: packet and sin are valid for the call.
-        let ret = unsafe {
-            libc::sendto(
-                fd,
-                packet.as_ptr().cast(),
-                packet.len(),
-                0,
-                (&sin as *const libc::sockaddr_in).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        };
-        let err = std::io::Error::last_os_error();
-        // SAFETY: closing our own descriptor.
-        unsafe { libc::close(fd) };
-        anyhow::ensure!(ret >= 0, "sendto {to}: {err}");
+        socket
+            .send_to(&packet, &SockAddr::from(std::net::SocketAddrV4::new(to, 0)))
+            .map_err(|e| anyhow::anyhow!("sendto {to}: {e}"))?;
         Ok(())
     })
     .unwrap();

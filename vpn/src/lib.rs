@@ -12,6 +12,10 @@
 //! * [`mtu`]: how large the bridged segment's MTU may be for each transport;
 //! * [`session`]: one WireGuard peer as a state machine that turns frames
 //!   into datagrams and back, borrowing the caller's buffers;
+//! * [`peer_sessions`]: a peer's current and previous sessions: key rotation
+//!   that keeps the old session until the new one is up (also across a
+//!   second change), handshake pacing while frames wait, the old session's
+//!   linger, and which session a receiver index names;
 //! * [`config`]: the `[vpn]` configuration table, checked and resolved.
 //!
 //! The shell around them:
@@ -19,7 +23,7 @@
 //! * [`socket`]: the raw protocol-97 and UDP tunnel sockets, read and
 //!   written in batches (`recvmmsg`/`sendmmsg`, UDP GSO and GRO);
 //! * [`endpoint`]: the threads that move frames between the campus TAP, the
-//!   bridge and the tunnel socket, and the timers of the WireGuard sessions.
+//!   bridge and the tunnel socket, driving each peer's [`peer_sessions`].
 //!
 //! `vpn` sits on `hinan_dataplane` (wire formats, TAP, bridge, offloads, MSS
 //! clamp) and on no other hinan crate.

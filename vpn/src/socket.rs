@@ -30,41 +30,18 @@ pub const MAX_GSO_SEGMENTS: usize = 64;
 /// Socket buffers asked for; as root, above the sysctl limits.
 const SOCKET_BUF: usize = 8 << 20;
 
-/// The raw `setsockopt` for the options socket2 does not offer: the
-/// `*BUFFORCE` buffer sizes, path MTU discovery and UDP GRO. socket2 has no
-/// `recvmmsg`/`sendmmsg` nor a `UDP_SEGMENT` cmsg either, so the batched
-/// sends and receives below stay on libc too; everything else (opening,
-/// binding, addresses, timeouts, plain buffer sizes) goes through socket2.
+/// What socket2 does not offer: the `*BUFFORCE` buffer sizes, path MTU
+/// discovery and UDP GRO are set through dataplane's one raw `setsockopt`.
+/// socket2 has no `recvmmsg`/`sendmmsg` nor a `UDP_SEGMENT` cmsg either, so
+/// the batched sends and receives below stay on libc too; everything else
+/// (opening, binding, addresses, timeouts, plain buffer sizes) goes through
+/// socket2.
 mod sys {
-    use std::io;
-    use std::mem::size_of;
-    use std::os::fd::RawFd;
-
     pub(super) const SOL_UDP: i32 = 17;
     pub(super) const UDP_SEGMENT: i32 = 103;
     pub(super) const UDP_GRO: i32 = 104;
 
-    pub(super) fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-        if ret < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(ret)
-        }
-    }
-
-    pub(super) fn setsockopt<T>(fd: RawFd, level: i32, name: i32, value: T) -> io::Result<()> {
-        // SAFETY: `value` lives for the call and its size is passed with it.
-        let ret = unsafe {
-            libc::setsockopt(
-                fd,
-                level,
-                name,
-                (&value as *const T).cast(),
-                size_of::<T>() as libc::socklen_t,
-            )
-        };
-        cvt(ret).map(drop)
-    }
+    pub(super) use hinan_dataplane::sys::setsockopt;
 }
 
 /// Which kind of tunnel socket.

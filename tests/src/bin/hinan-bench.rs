@@ -609,7 +609,7 @@ struct LocationReport {
 fn bench_location(runs: usize, json: Option<PathBuf>) -> Result<()> {
     use hinan_lab::bench::cluster::location_after_migration;
     use hinan_lab::lab::guest;
-    use hinan_orchestrator::core::state::{Command as StateCommand, Service, StorageMode};
+    use hinan_orchestrator::core::state::StorageMode;
     const NAME: &str = "lms.univ-a.example";
     const DNS: &str =
         "[dns]\nlisten = [\"0.0.0.0:53\"]\nudp_threads = 1\nfallback = [\"192.0.2.80\"]\n\n\
@@ -630,16 +630,7 @@ fn bench_location(runs: usize, json: Option<PathBuf>) -> Result<()> {
     lab.wait_http(&vm.url(), Duration::from_secs(90))?;
     let a = cluster.get("a")?;
     a.register_lab_vm(&vm, StorageMode::Shared)?;
-    a.propose(StateCommand::PutService(Service {
-        hostname: NAME.into(),
-        vm: vm.name.clone(),
-        ports: vec![80],
-        public_address: [
-            ("a".to_string(), addr_a.clone()),
-            ("b".to_string(), addr_b.clone()),
-        ]
-        .into(),
-    }))?;
+    a.publish_lab_vm(NAME, &vm, &[("a", &addr_a), ("b", &addr_b)])?;
     println!("hinan cluster at A, B and W; the LMS guest published as {NAME}, at A");
     println!("run  from->to  migration_s  seen_ms  committed_ms  answered_ms");
     println!("     (seen and committed: after virsh migrate returned, negative if before; answered: after the commit)");

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use hinan_orchestrator::core::state::{
-    ClusterState, Command as StateCommand, Site, StorageMode, Vm, VmCheck,
+    ClusterState, Command as StateCommand, Service, Site, StorageMode, Vm, VmCheck,
 };
 use hinan_orchestrator::shell::control::{
     self, AppliedReply, EventRecord, ProposeReply, Request, StatusReply,
@@ -154,6 +154,26 @@ impl Appliance {
             check: VmCheck::default(),
         }))
         .with_context(|| format!("registering VM {}", vm.name))
+    }
+
+    /// Publishes `vm` as `hostname` on port 80, at each campus's public
+    /// address in `addresses` (site, address).
+    pub fn publish_lab_vm(
+        &self,
+        hostname: &str,
+        vm: &crate::VmSpec,
+        addresses: &[(&str, &str)],
+    ) -> Result<ProposeReply> {
+        self.propose(StateCommand::PutService(Service {
+            hostname: hostname.into(),
+            vm: vm.name.clone(),
+            ports: vec![80],
+            public_address: addresses
+                .iter()
+                .map(|(site, addr)| (site.to_string(), addr.to_string()))
+                .collect(),
+        }))
+        .with_context(|| format!("publishing {hostname}"))
     }
 
     /// Waits for an event of `kind` about `peer` (any peer if `None`) recorded after `since`.

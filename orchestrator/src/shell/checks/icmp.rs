@@ -188,18 +188,5 @@ impl RawIcmpSocket {
 /// types whose bits are set. socket2 has no setter for it.
 fn set_icmp_filter(socket: &Socket, drop_types: u32) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    // SAFETY: the option value points at a live u32 of the given length.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_RAW,
-            ICMP_FILTER,
-            (&drop_types as *const u32).cast(),
-            std::mem::size_of::<u32>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    hinan_dataplane::sys::setsockopt(socket.as_raw_fd(), libc::SOL_RAW, ICMP_FILTER, drop_types)
 }
