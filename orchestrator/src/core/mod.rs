@@ -6,5 +6,6 @@ pub mod control;
 pub mod detect;
 pub mod monitor;
 pub mod node;
+pub mod placement;
 pub mod replica;
 pub mod state;

@@ -20,8 +20,8 @@ use thiserror::Error;
 
 pub use crate::core::state::{NodeId, VmId};
 
-mod placement;
-pub use placement::{active_watcher, assign_watchers, Watchers};
+mod watchers;
+pub use watchers::{active_watcher, assign_watchers, Watchers};
 
 /// How a service is checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
