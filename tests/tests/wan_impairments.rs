@@ -158,3 +158,74 @@ fn twenty_ms_delay_raises_the_round_trip_by_about_twenty_ms() {
         "the delay relay still runs after the delay was cleared"
     );
 }
+
+/// Bytes per second of one TCP stream from namespace `from` to `to`:`port`
+/// (a listener in namespace `to_ns`), sent for `secs`, as the receiver saw it.
+fn tcp_throughput(from: &str, to_ns: &str, to: std::net::Ipv4Addr, secs: f64) -> f64 {
+    use hinan_lab::lab::netns;
+    use std::io::{Read, Write};
+    use std::net::{SocketAddrV4, TcpListener, TcpStream};
+    use std::time::Instant;
+    let addr = SocketAddrV4::new(to, 47_001);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let receiver = netns::spawn_in(to_ns, move || {
+        let listener = TcpListener::bind(addr)?;
+        ready_tx.send(()).ok();
+        let (mut stream, _) = listener.accept()?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut buf = vec![0u8; 1 << 16];
+        let (mut total, mut first) = (0u64, None);
+        loop {
+            let n = stream.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            first.get_or_insert_with(Instant::now);
+            total += n as u64;
+        }
+        let elapsed = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        Ok(total as f64 / elapsed.max(1e-3))
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the receiver listens");
+    netns::run_in(from, move || {
+        let mut stream = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(5))?;
+        let chunk = vec![0x5au8; 1 << 16];
+        let end = Instant::now() + Duration::from_secs_f64(secs);
+        while Instant::now() < end {
+            stream.write_all(&chunk)?;
+        }
+        Ok(())
+    })
+    .expect("the sender sends");
+    receiver
+        .join()
+        .expect("the receiver thread")
+        .expect("the receiver receives")
+}
+
+#[test]
+fn a_rate_limit_caps_the_bandwidth_toward_a_link_and_lifts() {
+    let mut lab = wan_lab();
+    let b = lab.campus("b").unwrap().clone();
+    let client = lab.topo.client.ns.clone();
+    let mut want = WanState::default();
+    want.set_link(
+        "b",
+        LinkImpairment {
+            rate_mbit: Some(20),
+            ..Default::default()
+        },
+    );
+    wan::apply(&mut lab, &want).unwrap();
+    let limited = tcp_throughput(&client, &b.ns, b.public_ip, 3.0) * 8.0 / 1e6;
+    assert!(
+        (12.0..=22.0).contains(&limited),
+        "20 Mbit/s toward b gave {limited:.1} Mbit/s"
+    );
+    wan::apply(&mut lab, &WanState::default()).unwrap();
+    let free = tcp_throughput(&client, &b.ns, b.public_ip, 1.0) * 8.0 / 1e6;
+    assert!(free > 200.0, "unlimited toward b gave {free:.1} Mbit/s");
+    eprintln!("toward b: {limited:.1} Mbit/s at 20 Mbit/s, {free:.0} Mbit/s unlimited");
+}

@@ -62,6 +62,9 @@ enum Command {
         loss: f64,
         #[arg(long)]
         down: bool,
+        /// Bandwidth toward the link, in Mbit/s (a token bucket; unlimited if absent).
+        #[arg(long)]
+        rate_mbit: Option<u32>,
     },
     /// Cut (or with --heal, restore) everything between two WAN links.
     Partition {
@@ -125,6 +128,7 @@ fn main() -> Result<()> {
             delay_ms,
             loss,
             down,
+            rate_mbit,
         } => {
             let mut lab = Lab::open(CLI_LAB)?;
             let mut want = lab.wan_state();
@@ -134,6 +138,7 @@ fn main() -> Result<()> {
                     delay_ms,
                     loss_pct: loss,
                     down,
+                    rate_mbit,
                 },
             );
             wan::apply(&mut lab, &want)?;

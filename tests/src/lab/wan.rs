@@ -8,6 +8,8 @@
 //! * **loss**: an nftables rule with `numgen random` in the WAN's forward hook;
 //! * **partition** between two links: nftables drops between their prefixes;
 //! * **down**: the WAN's end of the link's veth goes down (a cut cable);
+//! * **rate**: a `tbf` qdisc on the WAN's end of the link's veth caps what
+//!   the WAN sends toward the link (netem is absent; tbf and htb work);
 //! * **delay**: this kernel has no netem, so packets toward the link are routed
 //!   (policy routing, by destination prefix) into a TUN device owned by a small
 //!   relay process (`hinan-lab wan-delay`) that holds each packet for the delay
@@ -36,6 +38,9 @@ pub struct LinkImpairment {
     pub loss_pct: f64,
     /// The link is cut.
     pub down: bool,
+    /// Bandwidth toward this link, in Mbit/s; none is unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_mbit: Option<u32>,
 }
 
 /// Every impairment in force.
@@ -89,9 +94,12 @@ impl WanState {
             .iter()
             .map(|(l, i)| {
                 format!(
-                    "link {l}: delay {} ms, loss {} %{}",
+                    "link {l}: delay {} ms, loss {} %{}{}",
                     i.delay_ms,
                     i.loss_pct,
+                    i.rate_mbit
+                        .map(|r| format!(", rate {r} Mbit/s"))
+                        .unwrap_or_default(),
                     if i.down { ", down" } else { "" }
                 )
             })
@@ -110,6 +118,9 @@ pub fn apply(lab: &mut Lab, want: &WanState) -> Result<()> {
     let topo = lab.topo.clone();
     for (link, imp) in &want.links {
         topo.link_prefixes(link)?;
+        if imp.rate_mbit == Some(0) || imp.rate_mbit.is_some_and(|r| r > 100_000) {
+            bail!("the rate on link {link} must be 1 to 100000 Mbit/s");
+        }
         if !(0.0..=100.0).contains(&imp.loss_pct) {
             bail!(
                 "loss on link {link} must be 0 to 100 %, not {}",
@@ -143,6 +154,10 @@ pub fn apply(lab: &mut Lab, want: &WanState) -> Result<()> {
                 if imp.down { "down" } else { "up" },
             ],
         )?;
+        let had_rate = had.links.get(link).and_then(|i| i.rate_mbit);
+        if had_rate != imp.rate_mbit {
+            set_rate(&wan, link, imp.rate_mbit)?;
+        }
         let before = had.links.get(link).map(|i| i.delay_ms).unwrap_or(0);
         let running = lab
             .run
@@ -183,6 +198,38 @@ fn ruleset(lab: &Lab, want: &WanState) -> Result<String> {
         "table inet hinan_wan {{}}\ndelete table inet hinan_wan\ntable inet hinan_wan {{\n  chain forward {{\n    type filter hook forward priority 0; policy accept;\n    {}\n  }}\n}}\n",
         rules.join("\n    ")
     ))
+}
+
+/// Caps what the WAN sends toward `link` at `rate_mbit` (none: unlimited)
+/// with a token bucket on the WAN's end of the link. The bucket holds 10 ms
+/// of traffic, and at least one 64 KiB offloaded super-packet.
+fn set_rate(wan: &str, link: &str, rate_mbit: Option<u32>) -> Result<()> {
+    let dev = format!("to-{link}");
+    let tc = |args: &[&str]| -> Result<()> {
+        let mut all = vec!["netns", "exec", wan, "tc"];
+        all.extend_from_slice(args);
+        sys::run("ip", &all).map(drop)
+    };
+    let _ = tc(&["qdisc", "del", "dev", &dev, "root"]);
+    let Some(rate) = rate_mbit else {
+        return Ok(());
+    };
+    let burst = (u64::from(rate) * 1_000_000 / 8 / 100).max(64 * 1024 + 1514);
+    tc(&[
+        "qdisc",
+        "replace",
+        "dev",
+        &dev,
+        "root",
+        "tbf",
+        "rate",
+        &format!("{rate}mbit"),
+        "burst",
+        &burst.to_string(),
+        "latency",
+        "100ms",
+    ])
+    .with_context(|| format!("limiting link {link} to {rate} Mbit/s"))
 }
 
 fn delay_role(link: &str) -> String {
