@@ -10,6 +10,8 @@ base=(
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
   qemu-system-x86 qemu-utils
   busybox-static gzip xz-utils zstd
+  # The orchestrator reads and migrates domains through libvirt's C API (virt crate).
+  libvirt-dev pkg-config
 )
 # Peers and decoders the VPN's interop tests run against.
 vpn_interop=(tshark wireguard-go wireguard-tools)

@@ -166,6 +166,12 @@ impl Lab {
         lines[lines.len().saturating_sub(15)..].join("\n")
     }
 
+    /// Records the QEMU process of `name` at `campus` for clean-up, after
+    /// something other than the lab (hinan's executor) moved it there.
+    pub fn adopt_vm(&mut self, campus: &str, name: &str) -> Result<()> {
+        self.record_qemu(campus, name)
+    }
+
     fn record_qemu(&mut self, campus: &str, name: &str) -> Result<()> {
         let c = self.campus(campus)?.clone();
         let pidfile = c.dir.join(format!("run/libvirt/qemu/{name}.pid"));
