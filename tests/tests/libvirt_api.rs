@@ -1,18 +1,29 @@
 //! hinan reads a campus's libvirt through the API (the `virt` crate, not
 //! `virsh`) and live-migrates the LMS guest from campus A to B with it, while
-//! a client probes the guest. Needs root, Open vSwitch and libvirt (installed
+//! a client probes the guest. The migration stream goes to B's address on the
+//! service segment, so it crosses the WAN inside hinan's WireGuard tunnel: a
+//! capture on the WAN finds none of the guest's memory, where a migration
+//! back in the clear shows it. Needs root, Open vSwitch and libvirt (installed
 //! by `make test`).
 
 use std::time::Duration;
 
+use hinan_lab::lab::capture::Capture;
 use hinan_lab::lab::{guest, MIGRATION_PORT};
 use hinan_lab::{Lab, LabSpec, Probe, ProbeSpec, VmSpec};
 use hinan_orchestrator::shell::libvirt::{
     DomainState, Hypervisor, HypervisorError, Libvirt, MigrationSettings,
 };
 
+/// Bytes every Linux guest holds in its memory: the kernel's banner.
+const GUEST_MEMORY_MARK: &[u8] = b"Linux version ";
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 #[test]
-fn hinan_sees_what_runs_and_live_migrates_through_libvirts_api() {
+fn hinan_sees_what_runs_and_live_migrates_through_libvirts_api_encrypted() {
     let image = guest::ensure().expect("the guest image builds");
     let mut lab = Lab::up(&LabSpec::default()).expect("the lab comes up");
     let vm = VmSpec::default();
@@ -52,14 +63,21 @@ fn hinan_sees_what_runs_and_live_migrates_through_libvirts_api() {
 
     let probe = Probe::start(&lab.topo.client.ns, ProbeSpec::new(&vm.url())).unwrap();
     std::thread::sleep(Duration::from_secs(1));
+    // To B's address on the segment: through the VPN, inside WireGuard.
+    // Both migrations are capped at 50 MiB/s, so that tcpdump keeps up.
     let settings = MigrationSettings {
-        stream_uri: Some(format!("tcp://{}:{MIGRATION_PORT}", b.public_ip)),
+        stream_uri: Some(format!("tcp://{}:{MIGRATION_PORT}", b.inside_ip)),
+        bandwidth_mib_s: Some(50),
         max_downtime_ms: Some(300),
         ..Default::default()
     };
+    let wan = lab.topo.wan_ns.clone();
+    let pcap = lab.run.path.join("wan-to-b.pcap");
+    let capture = Capture::start(&wan, "to-b", "", &pcap).expect("a capture on the WAN");
     let outcome = at_a
         .migrate(&vm.name, &at_b, &settings)
         .expect("live migration A -> B through the API");
+    let on_the_wan = std::fs::read(capture.finish()).unwrap();
     lab.adopt_vm("b", &vm.name).unwrap();
     std::thread::sleep(Duration::from_secs(2));
     let report = probe.stop().unwrap();
@@ -91,5 +109,34 @@ fn hinan_sees_what_runs_and_live_migrates_through_libvirts_api() {
         report.ok > 0 && report.failed < report.ok,
         "{}",
         report.summary()
+    );
+    assert!(
+        on_the_wan.len() as u64 > outcome.data_total.unwrap_or(0) / 2,
+        "the capture holds {} bytes, the stream was {:?}: the migration did not cross the WAN",
+        on_the_wan.len(),
+        outcome.data_total
+    );
+    assert!(
+        !contains(&on_the_wan, GUEST_MEMORY_MARK),
+        "guest memory crossed the WAN in the clear"
+    );
+
+    // The control: the same guest migrated back in the clear, to A's public
+    // address, shows its memory on the WAN.
+    let clear = MigrationSettings {
+        stream_uri: Some(format!("tcp://{}:{MIGRATION_PORT}", a.public_ip)),
+        bandwidth_mib_s: Some(50),
+        ..Default::default()
+    };
+    let pcap = lab.run.path.join("wan-to-a.pcap");
+    let capture = Capture::start(&wan, "to-a", "tcp", &pcap).expect("a capture on the WAN");
+    at_b.migrate(&vm.name, &at_a, &clear)
+        .expect("live migration B -> A in the clear");
+    let in_the_clear = std::fs::read(capture.finish()).unwrap();
+    lab.adopt_vm("a", &vm.name).unwrap();
+    assert!(
+        contains(&in_the_clear, GUEST_MEMORY_MARK),
+        "the control failed: no guest memory seen in a migration in the clear ({} bytes captured)",
+        in_the_clear.len()
     );
 }
