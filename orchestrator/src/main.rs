@@ -286,6 +286,8 @@ fn apply(cli: &Cli, file: &Path, dry_run: bool, json: bool) -> Result<()> {
     let plan = inventory::plan_apply(&inv, &state, dry_run);
     let index = match &plan.command {
         Some(command) => {
+            inventory::check_command_size(command)
+                .map_err(|e| anyhow::anyhow!("{}: {e}; nothing applied", file.display()))?;
             let reply: ProposeReply = control::call_as(
                 &socket,
                 &Request::Propose {

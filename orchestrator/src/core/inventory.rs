@@ -858,6 +858,24 @@ pub struct ApplyPlan {
     pub command: Option<Command>,
 }
 
+/// Why an inventory cannot go into one command: its serialized size (the
+/// domain XML mostly) exceeds what a proposal, and the control socket's
+/// request line, may carry.
+pub fn check_command_size(command: &Command) -> Result<(), String> {
+    // Room for the control request's envelope around the command.
+    let limit = crate::core::replica::MAX_PROPOSAL - 1024;
+    let size = serde_json::to_vec(command)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if size > limit {
+        Err(format!(
+            "the inventory is {size} bytes as one command, more than the {limit} a proposal may carry (shorten the domain XML or split the inventory)"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 pub fn plan_apply(inv: &Inventory, state: &ClusterState, dry_run: bool) -> ApplyPlan {
     let changes = diff(inv, state);
     let command = (!dry_run && !changes.is_empty()).then(|| Command::ApplyInventory(inv.clone()));
@@ -1298,6 +1316,30 @@ mod tests {
         assert!(ch.rejected.unwrap().contains("leaves out site 'w'"));
         assert_eq!(s.sites, before.sites);
         assert_eq!(s.wan, before.wan);
+    }
+
+    #[test]
+    fn an_inconsistent_inventory_from_a_raw_request_is_rejected_whole() {
+        let mut inv = example();
+        inv.vms[0].site = "nowhere".into();
+        let mut s = ClusterState::default();
+        let ch = s.apply(1, &p(Command::ApplyInventory(inv)));
+        assert_eq!(ch.rejected.as_deref(), Some("unknown site 'nowhere'"));
+        assert!(s.sites.is_empty() && s.vms.is_empty());
+    }
+
+    #[test]
+    fn an_inventory_too_large_for_one_proposal_is_refused_before_proposing() {
+        let mut inv = example();
+        assert_eq!(
+            check_command_size(&Command::ApplyInventory(inv.clone())),
+            Ok(())
+        );
+        for v in &mut inv.vms {
+            v.spec.domain_xml = "x".repeat(600 << 10);
+        }
+        let e = check_command_size(&Command::ApplyInventory(inv)).unwrap_err();
+        assert!(e.contains("more than"), "{e}");
     }
 
     #[test]

@@ -592,6 +592,18 @@ impl ClusterState {
         for a in self.appliances.values() {
             drops(&a.site, format!("appliance {} ({}) is", a.id, a.name))?;
         }
+        // `hinan apply` checked all this; a raw control request may not have.
+        for h in &inv.hosts {
+            self.need_site_in(&sites, &h.site)?;
+        }
+        for v in &inv.vms {
+            self.need_site_in(&sites, &v.site)?;
+        }
+        for svc in &inv.services {
+            if !inv.vms.iter().any(|v| v.id == svc.vm) {
+                return Err(Rejected::UnknownVm(svc.vm.clone()));
+            }
+        }
         let mut vms = BTreeMap::new();
         for v in &inv.vms {
             let mut v = v.clone();
@@ -635,6 +647,14 @@ impl ClusterState {
             self.wan.len(),
             self.areas.len()
         )))
+    }
+
+    fn need_site_in(&self, sites: &BTreeMap<SiteId, Site>, site: &str) -> Result<(), Rejected> {
+        if sites.contains_key(site) {
+            Ok(())
+        } else {
+            Err(Rejected::UnknownSite(site.to_string()))
+        }
     }
 
     fn need_site(&self, site: &str) -> Result<(), Rejected> {
