@@ -998,6 +998,16 @@ mod tests {
                 && e.contains("libvrt_uri"),
             "{e}"
         );
+        let bad = edited(
+            "check = { kind = \"tcp\", port = 443 }",
+            "check = { kind = \"tcp\", port = 443, timeout = 1 }",
+        );
+        let e = parse_text(&bad).unwrap_err().to_string();
+        let line = line_in(&bad, "timeout", 0, "timeout");
+        assert!(
+            e.contains(&format!("inv.toml:{line}: ")) && e.contains("timeout"),
+            "{e}"
+        );
         let top = format!("{EXAMPLE}\n[extra]\nx = 1\n");
         let e = parse_text(&top).unwrap_err().to_string();
         assert!(e.contains("extra"), "{e}");
@@ -1392,6 +1402,42 @@ mod tests {
         #[test]
         fn arbitrary_text_never_panics(text in "\\PC{0,400}") {
             let _ = parse_text(&text);
+        }
+
+        /// Any inventory derived from the example (VMs dropped, priorities
+        /// and capacities changed), applied over any other, leaves an empty
+        /// diff and every kept VM where it ran.
+        #[test]
+        fn apply_then_diff_is_empty_and_locations_stay(
+            keep in proptest::collection::vec(any::<bool>(), 2),
+            priorities in proptest::collection::vec(0u32..5, 2),
+            mem in 20_000u64..64_000,
+        ) {
+            let base = example();
+            let mut s = ClusterState::default();
+            s.apply(1, &p(Command::ApplyInventory(base.clone())));
+            s.apply(2, &p(Command::SetVmLocation { vm: "lms1".into(), site: "b".into(), host: "b1".into() }));
+            let mut next = base.clone();
+            for (v, prio) in next.vms.iter_mut().zip(&priorities) {
+                v.priority = *prio;
+            }
+            let dropped: Vec<String> = next.vms.iter().zip(&keep).filter(|(_, k)| !**k).map(|(v, _)| v.id.clone()).collect();
+            next.vms.retain(|v| !dropped.contains(&v.id));
+            next.services.retain(|x| !dropped.contains(&x.vm));
+            for h in &mut next.hosts {
+                h.memory_mib = mem;
+            }
+            let plan = plan_apply(&next, &s, false);
+            if let Some(c) = plan.command {
+                let ch = s.apply(3, &p(c));
+                prop_assert_eq!(ch.rejected, None);
+            }
+            prop_assert!(diff(&next, &s).is_empty(), "{:?}", diff(&next, &s));
+            if let Some(v) = s.vms.get("lms1") {
+                prop_assert_eq!(&v.site, "b");
+                prop_assert_eq!(&v.host, "b1");
+            }
+            prop_assert_eq!(s.vms.len(), keep.iter().filter(|k| **k).count());
         }
 
         #[test]

@@ -94,7 +94,7 @@ pub struct VmSpec {
 
 /// A VM's service check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum VmCheck {
     /// A TCP connection to `port` is accepted.
     Tcp { port: u16 },
