@@ -102,13 +102,19 @@ impl std::fmt::Display for Refusal {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct Refused(pub Vec<Refusal>);
 
+/// At most this many refusals are shown; the rest are counted.
+const SHOWN_REFUSALS: usize = 50;
+
 impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, r) in self.0.iter().enumerate() {
+        for (i, r) in self.0.iter().take(SHOWN_REFUSALS).enumerate() {
             if i > 0 {
                 writeln!(f)?;
             }
             write!(f, "{r}")?;
+        }
+        if self.0.len() > SHOWN_REFUSALS {
+            write!(f, "\n… and {} more", self.0.len() - SHOWN_REFUSALS)?;
         }
         Ok(())
     }
@@ -1393,6 +1399,12 @@ mod tests {
         );
         let e = parse_text(&many).unwrap_err();
         assert!(e.0.len() >= 100_000);
+        let shown = e.to_string();
+        assert_eq!(shown.lines().count(), SHOWN_REFUSALS + 1);
+        assert!(
+            shown.ends_with(&format!("and {} more", e.0.len() - SHOWN_REFUSALS)),
+            "{shown}"
+        );
         assert!(parse_text("\u{0}\u{1}\u{ff}[[[").is_err());
         let wrong_types = edited("cpu_mhz = 4000", "cpu_mhz = -4");
         assert!(parse_text(&wrong_types).is_err());
