@@ -8,7 +8,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use hinan_orchestrator::config::Config;
-use hinan_orchestrator::core::state::Command as StateCommand;
+use hinan_orchestrator::core::control::ProposeReply;
+use hinan_orchestrator::core::inventory;
+use hinan_orchestrator::core::state::{ClusterState, Command as StateCommand};
 use hinan_orchestrator::shell::control::{self, Request};
 
 /// hinan: network-layer failover appliance for campus private clouds.
@@ -53,6 +55,33 @@ enum Cmd {
     },
     /// Commit an operator note to the audit log (and report the commit latency).
     Note { text: String },
+    /// Check an inventory file, print what it changes in the replicated
+    /// state, and commit it in one step (idempotent).
+    Apply {
+        /// The inventory (TOML; `examples/inventory.toml` shows every key).
+        file: PathBuf,
+        /// Print the changes only; commit nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the changes (and the committed index) as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The VMs in the replicated state.
+    Vms {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The hypervisor hosts in the replicated state.
+    Hosts {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The published services in the replicated state.
+    Services {
+        #[arg(long)]
+        json: bool,
+    },
     /// Authoritative DNS.
     Dns {
         #[command(subcommand)]
@@ -215,6 +244,14 @@ fn main() -> Result<()> {
                 },
             )
         }
+        Cmd::Apply {
+            file,
+            dry_run,
+            json,
+        } => apply(&cli, file, *dry_run, *json),
+        Cmd::Vms { json } => list(&cli, *json, List::Vms),
+        Cmd::Hosts { json } => list(&cli, *json, List::Hosts),
+        Cmd::Services { json } => list(&cli, *json, List::Services),
         Cmd::Note { text } => call(
             &socket_of(&cli)?,
             Request::Propose {
@@ -223,6 +260,218 @@ fn main() -> Result<()> {
             },
         ),
     }
+}
+
+/// The applied state, from the control socket.
+fn fetch_state(socket: &Path) -> Result<ClusterState> {
+    control::call_as(socket, &Request::State, Duration::from_secs(10))
+        .with_context(|| format!("reading the state from {}", socket.display()))
+}
+
+/// `hinan apply`: check locally, diff against the state, commit one command.
+fn apply(cli: &Cli, file: &Path, dry_run: bool, json: bool) -> Result<()> {
+    let inv = match inventory::load(file) {
+        Ok(inv) => inv,
+        Err(refused) => {
+            eprintln!("{refused}");
+            anyhow::bail!(
+                "{}: refused ({} problem(s)); nothing applied",
+                file.display(),
+                refused.0.len()
+            );
+        }
+    };
+    let socket = socket_of(cli)?;
+    let state = fetch_state(&socket)?;
+    let plan = inventory::plan_apply(&inv, &state, dry_run);
+    let index = match &plan.command {
+        Some(command) => {
+            inventory::check_command_size(command)
+                .map_err(|e| anyhow::anyhow!("{}: {e}; nothing applied", file.display()))?;
+            let reply: ProposeReply = control::call_as(
+                &socket,
+                &Request::Propose {
+                    command: command.clone(),
+                    timeout_ms: None,
+                },
+                Duration::from_secs(10),
+            )?;
+            Some(reply.index)
+        }
+        None => None,
+    };
+    if json {
+        let out = serde_json::json!({
+            "changes": plan.changes,
+            "dry_run": dry_run,
+            "committed_index": index,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    for c in &plan.changes {
+        println!("{c}");
+    }
+    match (plan.changes.is_empty(), index) {
+        (true, _) => println!("nothing to change (state at index {})", state.applied),
+        (false, Some(i)) => println!("{} changes committed at index {i}", plan.changes.len()),
+        (false, None) => println!("dry run: {} changes, nothing applied", plan.changes.len()),
+    }
+    Ok(())
+}
+
+enum List {
+    Vms,
+    Hosts,
+    Services,
+}
+
+/// Prints `rows` as left-aligned columns under `header`.
+fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (i, (c, w)) in cells.iter().zip(&width).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(c);
+            } else {
+                out.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+/// `hinan vms`, `hinan hosts`, `hinan services`.
+fn list(cli: &Cli, json: bool, what: List) -> Result<()> {
+    let state = fetch_state(&socket_of(cli)?)?;
+    if json {
+        let v = match what {
+            List::Vms => serde_json::to_value(state.vms.values().collect::<Vec<_>>())?,
+            List::Hosts => serde_json::to_value(state.hosts.values().collect::<Vec<_>>())?,
+            List::Services => serde_json::to_value(state.services.values().collect::<Vec<_>>())?,
+        };
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    match what {
+        List::Vms => table(
+            &[
+                "VM", "PRIORITY", "SITE", "HOST", "HOME", "VCPUS", "MHZ", "MIB", "STORAGE",
+                "HEALTH",
+            ],
+            state
+                .vms
+                .values()
+                .map(|v| {
+                    let home = match &v.spec.home_host {
+                        Some(h) => format!("{}/{h}", v.spec.home_site),
+                        None => v.spec.home_site.clone(),
+                    };
+                    let health = match state.vm_health.get(&v.id) {
+                        Some((true, _, _)) => "ok".to_string(),
+                        Some((false, why, _)) => format!("failed: {why}"),
+                        None => "-".into(),
+                    };
+                    vec![
+                        v.id.clone(),
+                        v.priority.to_string(),
+                        v.site.clone(),
+                        v.host.clone(),
+                        home,
+                        v.spec.vcpus.to_string(),
+                        v.spec.cpu_mhz.to_string(),
+                        v.spec.memory_mib.to_string(),
+                        format!("{:?}", v.storage).to_lowercase(),
+                        health,
+                    ]
+                })
+                .collect(),
+        ),
+        List::Hosts => table(
+            &[
+                "HOST",
+                "SITE",
+                "MHZ",
+                "MIB",
+                "VMS",
+                "RESERVED MHZ",
+                "RESERVED MIB",
+                "LIBVIRT",
+            ],
+            state
+                .hosts
+                .values()
+                .map(|h| {
+                    let on: Vec<_> = state.vms.values().filter(|v| v.host == h.name).collect();
+                    vec![
+                        h.name.clone(),
+                        h.site.clone(),
+                        h.cpu_mhz.to_string(),
+                        h.memory_mib.to_string(),
+                        on.len().to_string(),
+                        on.iter().map(|v| v.spec.cpu_mhz).sum::<u64>().to_string(),
+                        on.iter()
+                            .map(|v| v.spec.memory_mib)
+                            .sum::<u64>()
+                            .to_string(),
+                        h.libvirt_uri.clone(),
+                    ]
+                })
+                .collect(),
+        ),
+        List::Services => table(
+            &[
+                "HOSTNAME",
+                "VM",
+                "AT",
+                "PROTOCOL",
+                "PORTS",
+                "PUBLIC ADDRESS",
+            ],
+            state
+                .services
+                .values()
+                .map(|s| {
+                    let ports: Vec<String> = if s.port_map.is_empty() {
+                        s.ports.iter().map(|p| p.to_string()).collect()
+                    } else {
+                        s.port_map
+                            .iter()
+                            .map(|p| format!("{}→{}", p.public, p.private))
+                            .collect()
+                    };
+                    let at = state
+                        .vms
+                        .get(&s.vm)
+                        .map(|v| v.site.clone())
+                        .unwrap_or_default();
+                    vec![
+                        s.hostname.clone(),
+                        s.vm.clone(),
+                        at,
+                        s.protocol.to_string(),
+                        ports.join(","),
+                        s.public_address
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect::<Vec<_>>()
+                            .join(" "),
+                    ]
+                })
+                .collect(),
+        ),
+    }
+    Ok(())
 }
 
 fn write_private(path: &Path, data: &[u8]) -> Result<()> {

@@ -238,6 +238,7 @@ impl Sim {
                 host: String::new(),
                 storage: StorageMode::Shared,
                 check: VmCheck::default(),
+                spec: Default::default(),
             }));
         }
         let mut calls = Vec::new();

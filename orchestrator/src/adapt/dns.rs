@@ -131,6 +131,7 @@ mod tests {
                 host: "host-a".into(),
                 storage: StorageMode::Shared,
                 check: VmCheck::default(),
+                spec: Default::default(),
             }),
         );
         apply(
@@ -144,6 +145,8 @@ mod tests {
                     ("b".to_string(), "198.18.1.80".to_string()),
                 ]
                 .into(),
+                protocol: Default::default(),
+                port_map: Vec::new(),
             }),
         );
         s

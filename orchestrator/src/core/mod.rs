@@ -4,6 +4,7 @@
 
 pub mod control;
 pub mod detect;
+pub mod inventory;
 pub mod monitor;
 pub mod node;
 pub mod placement;

@@ -41,6 +41,10 @@ pub struct Host {
     pub site: SiteId,
     pub cpu_mhz: u64,
     pub memory_mib: u64,
+    /// How the site's appliance reaches the host's libvirt (e.g.
+    /// `qemu+tls://b1.campus-b/system`); empty in states from before the inventory.
+    #[serde(default)]
+    pub libvirt_uri: String,
 }
 
 /// Where a VM's disk lives, which decides how it can be recovered elsewhere.
@@ -66,11 +70,31 @@ pub struct Vm {
     /// How its watchers check its service.
     #[serde(default)]
     pub check: VmCheck,
+    /// What the inventory declares about it (resources, home, domain XML);
+    /// empty for a VM registered before the inventory (old logs).
+    #[serde(default)]
+    pub spec: VmSpec,
+}
+
+/// A VM's declared resources and home, as the inventory gives them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSpec {
+    pub vcpus: u32,
+    /// Reserved CPU: Σ over a host's VMs ≤ the host's `cpu_mhz`.
+    pub cpu_mhz: u64,
+    /// Reserved memory: Σ over a host's VMs ≤ the host's `memory_mib`.
+    pub memory_mib: u64,
+    /// Its libvirt domain definition, so that it can be started anywhere.
+    pub domain_xml: String,
+    /// The site it belongs at (failback brings it there); empty if undeclared.
+    pub home_site: SiteId,
+    /// The host it belongs on, if the inventory pins one.
+    pub home_host: Option<String>,
 }
 
 /// A VM's service check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum VmCheck {
     /// A TCP connection to `port` is accepted.
     Tcp { port: u16 },
@@ -98,8 +122,50 @@ impl Default for VmCheck {
 pub struct Service {
     pub hostname: String,
     pub vm: VmId,
+    /// The public ports (the `public` side of `port_map` when the inventory set it).
     pub ports: Vec<u16>,
     pub public_address: BTreeMap<SiteId, String>,
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Public port → the VM's private port; empty: each of `ports` maps to itself.
+    #[serde(default)]
+    pub port_map: Vec<PortMap>,
+}
+
+/// A published service's transport.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// One public port of a service and the VM's port behind it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortMap {
+    pub public: u16,
+    pub private: u16,
+}
+
+/// The WAN between two sites, and how much of it migrations may use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WanLink {
+    /// The two sites, in the inventory's order.
+    pub between: [SiteId; 2],
+    pub mbit: u64,
+    /// The share of `mbit` migrations may use, in (0, 1].
+    pub migration_share: f64,
 }
 
 /// Health of a site or a link as one appliance sees it.
@@ -179,6 +245,10 @@ pub enum Command {
         host: String,
     },
     PutService(Service),
+    /// The operators' inventory: replaces the sites, hosts, VMs, services,
+    /// WAN links and area map in one step. A VM already known keeps its
+    /// current site and host (its location is not the inventory's).
+    ApplyInventory(crate::core::inventory::Inventory),
     RemoveService {
         hostname: String,
     },
@@ -244,6 +314,8 @@ pub enum Rejected {
     UnknownAppliance(NodeId),
     #[error("site '{0}' still has appliances, hosts or VMs")]
     SiteInUse(SiteId),
+    #[error("the inventory leaves out site '{site}', where {what}")]
+    InventoryDropsSite { site: SiteId, what: String },
 }
 
 /// One applied entry, for watchers.
@@ -282,6 +354,12 @@ pub struct ClusterState {
     /// DNS zone origin → the operators' records (from dynamic updates).
     #[serde(default)]
     pub zone_records: BTreeMap<String, Vec<String>>,
+    /// WAN links between sites (from the inventory).
+    #[serde(default)]
+    pub wan: Vec<WanLink>,
+    /// Area code (JMA area codes, CAP geocodes) → the sites in it (from the inventory).
+    #[serde(default)]
+    pub areas: BTreeMap<String, Vec<SiteId>>,
 }
 
 impl ClusterState {
@@ -397,6 +475,7 @@ impl ClusterState {
                 self.services.insert(s.hostname.clone(), s.clone());
                 Ok(None)
             }
+            ApplyInventory(inv) => self.apply_inventory(inv),
             RemoveService { hostname } => {
                 self.services.remove(hostname);
                 Ok(None)
@@ -490,6 +569,94 @@ impl ClusterState {
         }
     }
 
+    /// Replaces the inventory's objects at once, or changes nothing.
+    fn apply_inventory(
+        &mut self,
+        inv: &crate::core::inventory::Inventory,
+    ) -> Result<Option<String>, Rejected> {
+        let sites: BTreeMap<SiteId, Site> = inv
+            .sites
+            .iter()
+            .map(|s| (s.id.clone(), s.clone()))
+            .collect();
+        let drops = |site: &str, what: String| {
+            if sites.contains_key(site) {
+                Ok(())
+            } else {
+                Err(Rejected::InventoryDropsSite {
+                    site: site.to_string(),
+                    what,
+                })
+            }
+        };
+        for a in self.appliances.values() {
+            drops(&a.site, format!("appliance {} ({}) is", a.id, a.name))?;
+        }
+        // `hinan apply` checked all this; a raw control request may not have.
+        for h in &inv.hosts {
+            self.need_site_in(&sites, &h.site)?;
+        }
+        for v in &inv.vms {
+            self.need_site_in(&sites, &v.site)?;
+        }
+        for svc in &inv.services {
+            if !inv.vms.iter().any(|v| v.id == svc.vm) {
+                return Err(Rejected::UnknownVm(svc.vm.clone()));
+            }
+        }
+        let mut vms = BTreeMap::new();
+        for v in &inv.vms {
+            let mut v = v.clone();
+            if let Some(old) = self.vms.get(&v.id) {
+                drops(&old.site, format!("VM {} runs now", v.id))?;
+                v.site = old.site.clone();
+                v.host = old.host.clone();
+            }
+            vms.insert(v.id.clone(), v);
+        }
+        let removed: Vec<VmId> = self
+            .vms
+            .keys()
+            .filter(|id| !vms.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in &removed {
+            self.vm_health.remove(id);
+            self.migrations.remove(id);
+        }
+        self.sites = sites;
+        self.hosts = inv
+            .hosts
+            .iter()
+            .map(|h| (h.name.clone(), h.clone()))
+            .collect();
+        self.vms = vms;
+        self.services = inv
+            .services
+            .iter()
+            .map(|s| (s.hostname.clone(), s.clone()))
+            .collect();
+        self.wan = inv.wan.clone();
+        self.areas = inv.areas.clone();
+        Ok(Some(format!(
+            "inventory applied: {} sites, {} hosts, {} VMs, {} services, {} WAN links, {} areas",
+            self.sites.len(),
+            self.hosts.len(),
+            self.vms.len(),
+            self.services.len(),
+            self.wan.len(),
+            self.areas.len()
+        )))
+    }
+
+    fn need_site_in(&self, sites: &BTreeMap<SiteId, Site>, site: &str) -> Result<(), Rejected> {
+        if sites.contains_key(site) {
+            Ok(())
+        } else {
+            Err(Rejected::UnknownSite(site.to_string()))
+        }
+    }
+
     fn need_site(&self, site: &str) -> Result<(), Rejected> {
         if self.sites.contains_key(site) {
             Ok(())
@@ -542,6 +709,7 @@ mod tests {
             host: "h1".into(),
             storage: StorageMode::Shared,
             check: VmCheck::default(),
+            spec: VmSpec::default(),
         })
     }
 

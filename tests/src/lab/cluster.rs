@@ -152,6 +152,7 @@ impl Appliance {
             host: "a".into(),
             storage,
             check: VmCheck::default(),
+            spec: Default::default(),
         }))
         .with_context(|| format!("registering VM {}", vm.name))
     }
@@ -172,6 +173,8 @@ impl Appliance {
                 .iter()
                 .map(|(site, addr)| (site.to_string(), addr.to_string()))
                 .collect(),
+            protocol: Default::default(),
+            port_map: Vec::new(),
         }))
         .with_context(|| format!("publishing {hostname}"))
     }

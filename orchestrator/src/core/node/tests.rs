@@ -168,6 +168,7 @@ fn lms1(site: &str) -> Command {
         host: String::new(),
         storage: StorageMode::Shared,
         check: VmCheck::default(),
+        spec: Default::default(),
     })
 }
 
