@@ -442,14 +442,6 @@ fn list(cli: &Cli, json: bool, what: List) -> Result<()> {
                 .services
                 .values()
                 .map(|s| {
-                    let ports: Vec<String> = if s.port_map.is_empty() {
-                        s.ports.iter().map(|p| p.to_string()).collect()
-                    } else {
-                        s.port_map
-                            .iter()
-                            .map(|p| format!("{}→{}", p.public, p.private))
-                            .collect()
-                    };
                     let at = state
                         .vms
                         .get(&s.vm)
@@ -460,7 +452,7 @@ fn list(cli: &Cli, json: bool, what: List) -> Result<()> {
                         s.vm.clone(),
                         at,
                         s.protocol.to_string(),
-                        ports.join(","),
+                        hinan_orchestrator::core::inventory::port_list(s),
                         s.public_address
                             .iter()
                             .map(|(k, v)| format!("{k}={v}"))

@@ -631,6 +631,12 @@ fn check_text(c: &VmCheck) -> String {
 }
 
 fn ports_text(s: &Service) -> String {
+    format!("{} {}", s.protocol, port_list(s))
+}
+
+/// A service's ports as an operator reads them: `443→8443,80` (public→private
+/// where they differ in the map, else the public ports).
+pub fn port_list(s: &Service) -> String {
     let map: Vec<String> = if s.port_map.is_empty() {
         s.ports.iter().map(|p| p.to_string()).collect()
     } else {
@@ -639,7 +645,7 @@ fn ports_text(s: &Service) -> String {
             .map(|p| format!("{}→{}", p.public, p.private))
             .collect()
     };
-    format!("{} {}", s.protocol, map.join(","))
+    map.join(",")
 }
 
 fn addresses_text(s: &Service) -> String {
@@ -891,7 +897,7 @@ pub fn plan_apply(inv: &Inventory, state: &ClusterState, dry_run: bool) -> Apply
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::state::{Proposal, StorageMode};
+    use crate::core::state::StorageMode;
     use proptest::prelude::*;
 
     const EXAMPLE: &str = include_str!("../../examples/inventory.toml");
@@ -946,14 +952,7 @@ mod tests {
         load(&example_dir().join("inventory.toml")).expect("the example is good")
     }
 
-    fn p(command: Command) -> Proposal {
-        Proposal {
-            by: 1,
-            at_unix_ms: 0,
-            command,
-            request: None,
-        }
-    }
+    use crate::core::state::tests::p;
 
     #[test]
     fn the_example_parses_and_checks_with_defaults() {

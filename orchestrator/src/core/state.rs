@@ -679,10 +679,11 @@ fn command_name(c: &Command) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn p(command: Command) -> Proposal {
+    /// A proposal of `command` by appliance 1, for tests.
+    pub(crate) fn p(command: Command) -> Proposal {
         Proposal {
             by: 1,
             at_unix_ms: 0,
