@@ -2,3 +2,4 @@
 //! the DNS answers (later the NAT bindings and the flow plan).
 
 pub mod dns;
+pub mod hypervisors;

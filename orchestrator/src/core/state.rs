@@ -47,6 +47,21 @@ pub struct Host {
     pub libvirt_uri: String,
 }
 
+/// A domain as the hypervisor that holds it reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunningDomain {
+    pub name: String,
+    /// libvirt's state in words (`running`, `paused`, `shut off`…).
+    pub state: String,
+    pub memory_kib: u64,
+}
+
+impl RunningDomain {
+    pub fn is_running(&self) -> bool {
+        self.state == "running"
+    }
+}
+
 /// Where a VM's disk lives, which decides how it can be recovered elsewhere.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -265,6 +280,12 @@ pub enum Command {
         path: String,
         up: bool,
     },
+    /// What `host`'s hypervisor holds, as the appliance of its site reads it.
+    ReportDomains {
+        observer: NodeId,
+        host: String,
+        domains: Vec<RunningDomain>,
+    },
     /// The active watcher of `vm` declares it failed or recovered.
     ReportVmHealth {
         observer: NodeId,
@@ -312,6 +333,8 @@ pub enum Rejected {
     UnknownVm(VmId),
     #[error("unknown appliance {0}")]
     UnknownAppliance(NodeId),
+    #[error("unknown host '{0}'")]
+    UnknownHost(String),
     #[error("site '{0}' still has appliances, hosts or VMs")]
     SiteInUse(SiteId),
     #[error("the inventory leaves out site '{site}', where {what}")]
@@ -344,6 +367,9 @@ pub struct ClusterState {
     pub link_health: BTreeMap<NodeId, BTreeMap<NodeId, BTreeMap<String, bool>>>,
     /// vm → (ok, reason, observer).
     pub vm_health: BTreeMap<VmId, (bool, String, NodeId)>,
+    /// host → the domains its hypervisor holds, as last reported.
+    #[serde(default)]
+    pub domains: BTreeMap<String, Vec<RunningDomain>>,
     pub alerts: Vec<Alert>,
     pub plans: BTreeMap<String, Plan>,
     pub migrations: BTreeMap<VmId, Migration>,
@@ -512,6 +538,41 @@ impl ClusterState {
                         "appliance {observer} sees path {path} to appliance {peer} {}",
                         if *up { "up" } else { "down" }
                     )
+                }))
+            }
+            ReportDomains {
+                observer,
+                host,
+                domains,
+            } => {
+                let Some(site) = self.hosts.get(host).map(|h| h.site.clone()) else {
+                    return Err(Rejected::UnknownHost(host.clone()));
+                };
+                let old = self.domains.insert(host.clone(), domains.clone());
+                if old.as_ref() == Some(domains) {
+                    return Ok(None);
+                }
+                // A VM that runs where the state does not expect it.
+                let stray: Vec<String> = domains
+                    .iter()
+                    .filter(|d| d.is_running())
+                    .filter_map(|d| self.vms.get(&d.name))
+                    .filter(|vm| vm.site != site)
+                    .map(|vm| {
+                        format!(
+                            "VM {} runs at host {host} (site {site}), recorded at site {}",
+                            vm.id, vm.site
+                        )
+                    })
+                    .collect();
+                let running = domains.iter().filter(|d| d.is_running()).count();
+                Ok(Some(if stray.is_empty() {
+                    format!(
+                        "appliance {observer}: host {host} runs {running} of {} domains",
+                        domains.len()
+                    )
+                } else {
+                    format!("appliance {observer}: host {host}: {}", stray.join("; "))
                 }))
             }
             ReportVmHealth {
@@ -712,6 +773,58 @@ pub(crate) mod tests {
             check: VmCheck::default(),
             spec: VmSpec::default(),
         })
+    }
+
+    #[test]
+    fn a_hosts_domains_are_recorded_and_a_vm_running_off_its_site_is_named() {
+        let mut s = ClusterState::default();
+        let mut at = 0;
+        let mut apply = |s: &mut ClusterState, c: Command| {
+            at += 1;
+            s.apply(at, &p(c))
+        };
+        for c in [site("a"), site("b"), vm("lms1", "a")] {
+            assert_eq!(apply(&mut s, c).rejected, None);
+        }
+        let report = |host: &str, state: &str| Command::ReportDomains {
+            observer: 2,
+            host: host.into(),
+            domains: vec![RunningDomain {
+                name: "lms1".into(),
+                state: state.into(),
+                memory_kib: 131072,
+            }],
+        };
+        let unknown = apply(&mut s, report("b1", "running"));
+        assert_eq!(unknown.rejected.as_deref(), Some("unknown host 'b1'"));
+        assert!(s.domains.is_empty(), "a rejected report was kept");
+        for (id, site) in [("a1", "a"), ("b1", "b")] {
+            let host = Host {
+                name: id.into(),
+                site: site.into(),
+                cpu_mhz: 8000,
+                memory_mib: 16384,
+                libvirt_uri: String::new(),
+            };
+            assert_eq!(apply(&mut s, Command::PutHost(host)).rejected, None);
+        }
+        let audit = s.audit.len();
+        apply(&mut s, report("a1", "running"));
+        assert!(s.domains["a1"][0].is_running());
+        assert_eq!(s.audit.len(), audit + 1);
+        // The same report again changes nothing and says nothing.
+        apply(&mut s, report("a1", "running"));
+        assert_eq!(s.audit.len(), audit + 1);
+        // Running at B while the state has it at A: named.
+        apply(&mut s, report("b1", "running"));
+        let last = &s.audit.last().unwrap().what;
+        assert!(
+            last.contains("VM lms1 runs at host b1 (site b), recorded at site a"),
+            "{last}"
+        );
+        // Shut off at B: not a stray.
+        apply(&mut s, report("b1", "shut off"));
+        assert!(!s.audit.last().unwrap().what.contains("recorded at site"));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crate::core::control::{Request, Response};
 use crate::core::monitor::CheckKind;
 use crate::core::node::{CallId, Effect, Node, NodeConfig, Now};
 use crate::core::replica::{Replica, ELECTION_TICKS, TICK};
+use crate::core::state::RunningDomain;
 use crate::shell::heartbeat::HealthView;
 use crate::shell::logstore::LogStore;
 use crate::shell::tls::{self, Identity};
@@ -89,6 +90,68 @@ impl Effects<'_> {
             self.feed.publish(node.state());
         }
     }
+}
+
+/// How often the site's hypervisors are read.
+const HYPERVISOR_POLL: Duration = Duration::from_secs(2);
+
+/// Reads what the hypervisors of `site` hold, every [`HYPERVISOR_POLL`], on a
+/// thread of its own (libvirt calls block), and hands each host's domains to
+/// the node's loop. Which hosts, and their URIs, follow the replicated
+/// inventory.
+fn read_hypervisors(
+    site: String,
+    watch: crate::shell::watch::StateWatch,
+    tx: mpsc::Sender<(String, Vec<RunningDomain>)>,
+) -> std::io::Result<()> {
+    use crate::shell::libvirt::{Hypervisor, Libvirt};
+    std::thread::Builder::new()
+        .name("hypervisors".into())
+        .spawn(move || {
+            let mut open: HashMap<String, Libvirt> = HashMap::new();
+            let mut failing: HashMap<String, String> = HashMap::new();
+            loop {
+                let state = watch.current();
+                for (host, uri) in crate::adapt::hypervisors::local(&state, &site) {
+                    let read = match open.get(&uri) {
+                        Some(l) => l.domains(),
+                        None => Libvirt::open(&uri).and_then(|l| {
+                            let d = l.domains();
+                            open.insert(uri.clone(), l);
+                            d
+                        }),
+                    };
+                    match read {
+                        Ok(domains) => {
+                            if failing.remove(&host).is_some() {
+                                tracing::info!(%host, "hypervisor answers again");
+                            }
+                            let domains = domains
+                                .into_iter()
+                                .map(|d| RunningDomain {
+                                    name: d.name,
+                                    state: d.state.to_string(),
+                                    memory_kib: d.memory_kib,
+                                })
+                                .collect();
+                            if tx.blocking_send((host, domains)).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            open.remove(&uri);
+                            let e = e.to_string();
+                            if failing.get(&host) != Some(&e) {
+                                tracing::warn!(%host, "cannot read the hypervisor: {e}");
+                                failing.insert(host, e);
+                            }
+                        }
+                    }
+                }
+                std::thread::sleep(HYPERVISOR_POLL);
+            }
+        })
+        .map(drop)
 }
 
 fn health_snapshot(
@@ -187,6 +250,10 @@ pub async fn run(cfg: Config, vpn: Option<hinan_vpn::config::Settings>) -> Resul
         }
         None => None,
     };
+    // What the site's hypervisors really hold.
+    let (hv_tx, mut hv_rx) = mpsc::channel::<(String, Vec<RunningDomain>)>(64);
+    read_hypervisors(cfg.appliance.site.clone(), feed.subscribe(), hv_tx)
+        .context("starting the hypervisor reader")?;
     let mut raft_tick = tokio::time::interval(TICK);
     raft_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let origin = Instant::now();
@@ -223,6 +290,7 @@ pub async fn run(cfg: Config, vpn: Option<hinan_vpn::config::Settings>) -> Resul
                 node.mac_moved(&mac, &from, &to, now())?
             }
             _ = tokio::time::sleep_until(check_deadline) => node.checks_due(now()),
+            Some((host, domains)) = hv_rx.recv() => node.domains_seen(&host, domains, now())?,
             Some(done) = check_rx.recv() => {
                 node.check_done(&done.vm, done.kind, done.ok, done.detail, now())?
             }

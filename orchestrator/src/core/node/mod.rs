@@ -36,7 +36,8 @@ use crate::core::monitor::{
 };
 use crate::core::replica::{Output, ProposalId, ProposeError, Replica};
 use crate::core::state::{
-    ClusterState, Command, Health, NodeId, Proposal, SiteId, StateChange, VmCheck, VmId,
+    ClusterState, Command, Health, NodeId, Proposal, RunningDomain, SiteId, StateChange, VmCheck,
+    VmId,
 };
 
 #[cfg(test)]
@@ -402,6 +403,33 @@ impl Node {
             self.last_check_error.insert(vm.to_owned(), detail);
         }
         self.monitored(events);
+        self.finish()
+    }
+
+    /// What `host`'s hypervisor holds now, read by the shell. Committed
+    /// (the newest per host, proposed again until it is) when it differs from
+    /// the replicated state; a VM running where the state does not expect it
+    /// is named in the audit log.
+    pub fn domains_seen(
+        &mut self,
+        host: &str,
+        domains: Vec<RunningDomain>,
+        now: Now,
+    ) -> Result<Vec<Effect>, NodeError> {
+        self.now = now;
+        let known = self.state().domains.get(host) == Some(&domains);
+        let pending = self.pending.contains_key(&format!("domains/{host}"));
+        if !known || pending {
+            self.report(
+                format!("domains/{host}"),
+                Command::ReportDomains {
+                    observer: self.cfg.me,
+                    host: host.to_owned(),
+                    domains,
+                },
+            );
+            self.repropose();
+        }
         self.finish()
     }
 

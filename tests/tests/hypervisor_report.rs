@@ -1,0 +1,151 @@
+//! Each appliance reads its campus's libvirt through the API and commits what
+//! really runs there: the guest shows as running on host a1 at campus A, and
+//! after a live migration on b1 at campus B, in the state every appliance
+//! holds. Needs root, Open vSwitch and libvirt (installed by `make test`).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use hinan_lab::lab::cluster::{hinan_binary, Appliance};
+use hinan_lab::lab::{guest, MIGRATION_PORT};
+use hinan_lab::{Lab, LabSpec, VmSpec};
+use hinan_orchestrator::shell::libvirt::{Hypervisor, Libvirt, MigrationSettings};
+
+fn runs_on(w: &Appliance, host: &str, vm: &str) -> bool {
+    w.state()
+        .ok()
+        .and_then(|s| s.domains.get(host).cloned())
+        .is_some_and(|d| d.iter().any(|d| d.name == vm && d.is_running()))
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return start.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what} not within {limit:?}");
+}
+
+#[test]
+fn what_runs_on_each_campus_is_read_from_libvirt_and_replicated() {
+    let image = guest::ensure().expect("the guest image builds");
+    let mut lab = Lab::up(&LabSpec {
+        witness: true,
+        ..LabSpec::default()
+    })
+    .expect("the lab comes up");
+    let cluster = lab.start_cluster("").expect("the cluster has a leader");
+    let vm = VmSpec::default();
+    lab.start_vm("a", &vm, &image)
+        .expect("the guest starts at A");
+    let (a, b) = (
+        lab.campus("a").unwrap().clone(),
+        lab.campus("b").unwrap().clone(),
+    );
+    let inventory = format!(
+        r#"[[site]]
+id = "a"
+latitude = 35.68
+longitude = 139.76
+
+[[site]]
+id = "b"
+latitude = 34.69
+longitude = 135.50
+
+[[site]]
+id = "w"
+latitude = 36.0
+longitude = 138.0
+witness = true
+
+[[host]]
+id = "a1"
+site = "a"
+cpu_mhz = 8000
+memory_mib = 16384
+libvirt_uri = "{}"
+
+[[host]]
+id = "b1"
+site = "b"
+cpu_mhz = 8000
+memory_mib = 16384
+libvirt_uri = "{}"
+
+[[vm]]
+id = "{}"
+mac = "{}"
+ip = "{}"
+priority = 1
+site = "a"
+host = "a1"
+vcpus = 1
+cpu_mhz = 1000
+memory_mib = {}
+storage = "shared"
+domain_xml = "lms1.xml"
+"#,
+        a.libvirt_uri(),
+        b.libvirt_uri(),
+        vm.name,
+        vm.mac,
+        vm.ip,
+        vm.memory_mib
+    );
+    let dir = lab.run.path.join("inventory");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("lms1.xml"),
+        "<domain type='qemu'><name>lms1</name></domain>",
+    )
+    .unwrap();
+    std::fs::write(dir.join("inventory.toml"), inventory).unwrap();
+    let at_a = cluster.get("a").unwrap().clone();
+    let out = Command::new(hinan_binary().unwrap())
+        .arg("--socket")
+        .arg(&at_a.socket)
+        .arg("apply")
+        .arg(dir.join("inventory.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The witness has no hypervisor; it holds what A's appliance read.
+    let w = cluster.get("w").unwrap().clone();
+    let seen = wait_until(
+        "lms1 running on a1 in W's state",
+        Duration::from_secs(15),
+        || runs_on(&w, "a1", &vm.name),
+    );
+    eprintln!("lms1 on a1 in the replicated state {seen:?} after the inventory");
+    assert!(
+        !runs_on(&w, "b1", &vm.name),
+        "B reports a guest it does not run"
+    );
+
+    let (hv_a, hv_b) = (
+        Libvirt::open(&a.libvirt_uri()).unwrap(),
+        Libvirt::open(&b.libvirt_uri()).unwrap(),
+    );
+    let settings = MigrationSettings {
+        stream_uri: Some(format!("tcp://{}:{MIGRATION_PORT}", b.public_ip)),
+        ..Default::default()
+    };
+    hv_a.migrate(&vm.name, &hv_b, &settings)
+        .expect("live migration A -> B");
+    lab.adopt_vm("b", &vm.name).unwrap();
+    let moved = wait_until(
+        "lms1 running on b1, gone from a1",
+        Duration::from_secs(15),
+        || runs_on(&w, "b1", &vm.name) && !runs_on(&w, "a1", &vm.name),
+    );
+    eprintln!("lms1 on b1 in the replicated state {moved:?} after the migration");
+}
