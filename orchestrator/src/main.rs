@@ -270,7 +270,7 @@ fn fetch_state(socket: &Path) -> Result<ClusterState> {
 
 /// `hinan apply`: check locally, diff against the state, commit one command.
 fn apply(cli: &Cli, file: &Path, dry_run: bool, json: bool) -> Result<()> {
-    let inv = match inventory::load(file) {
+    let inv = match hinan_orchestrator::shell::inventory::load(file) {
         Ok(inv) => inv,
         Err(refused) => {
             eprintln!("{refused}");

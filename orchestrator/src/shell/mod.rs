@@ -7,6 +7,7 @@ pub mod checks;
 pub mod control;
 pub mod dns;
 pub mod heartbeat;
+pub mod inventory;
 pub mod libvirt;
 pub mod logstore;
 pub mod signals;
