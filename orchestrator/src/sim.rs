@@ -464,8 +464,18 @@ impl Sim {
 
     /// Makes control request `req` at node `id`; returns the call's id.
     fn call(&mut self, id: NodeId, req: Request) -> Result<CallId, Violation> {
+        let call = self.next_call();
+        self.call_as(id, call, req)?;
+        Ok(call)
+    }
+
+    fn next_call(&mut self) -> CallId {
         self.seq += 1;
-        let call = self.seq;
+        self.seq
+    }
+
+    /// Makes control request `req` at node `id` as call `call`.
+    fn call_as(&mut self, id: NodeId, call: CallId, req: Request) -> Result<(), Violation> {
         let at = self.now();
         if let Some(node) = self
             .nodes
@@ -476,7 +486,7 @@ impl Sim {
             let effects = node.control(call, req, at);
             self.effects(id, effects)?;
         }
-        Ok(call)
+        Ok(())
     }
 
     /// Proposes a note at `id` through its control API; returns whether the
@@ -492,15 +502,16 @@ impl Sim {
             command: Command::Note { text: text.clone() },
             timeout_ms: Some(PROPOSE_TIMEOUT_MS),
         };
-        // The call's id is known before its reply, which may come at once.
+        // Tracked before the call: its reply may come at once.
+        let call = self.next_call();
         self.proposals.push(Tracked {
-            call: self.seq + 1,
+            call,
             text,
             from_minority: minority.then_some(self.stats.partitions),
             acknowledged: false,
         });
-        match self.call(id, req) {
-            Ok(call) => !self.refused.contains_key(&call),
+        match self.call_as(id, call, req) {
+            Ok(()) => !self.refused.contains_key(&call),
             Err(_) => false,
         }
     }

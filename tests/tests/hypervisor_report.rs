@@ -3,10 +3,9 @@
 //! after a live migration on b1 at campus B, in the state every appliance
 //! holds. Needs root, Open vSwitch and libvirt (installed by `make test`).
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use hinan_lab::lab::cluster::{hinan_binary, Appliance};
+use hinan_lab::lab::cluster::{write_lab_inventory, Appliance};
 use hinan_lab::lab::{guest, MIGRATION_PORT};
 use hinan_lab::{Lab, LabSpec, VmSpec};
 use hinan_orchestrator::shell::libvirt::{Hypervisor, Libvirt, MigrationSettings};
@@ -45,78 +44,18 @@ fn what_runs_on_each_campus_is_read_from_libvirt_and_replicated() {
         lab.campus("a").unwrap().clone(),
         lab.campus("b").unwrap().clone(),
     );
-    let inventory = format!(
-        r#"[[site]]
-id = "a"
-latitude = 35.68
-longitude = 139.76
-
-[[site]]
-id = "b"
-latitude = 34.69
-longitude = 135.50
-
-[[site]]
-id = "w"
-latitude = 36.0
-longitude = 138.0
-witness = true
-
-[[host]]
-id = "a1"
-site = "a"
-cpu_mhz = 8000
-memory_mib = 16384
-libvirt_uri = "{}"
-
-[[host]]
-id = "b1"
-site = "b"
-cpu_mhz = 8000
-memory_mib = 16384
-libvirt_uri = "{}"
-
-[[vm]]
-id = "{}"
-mac = "{}"
-ip = "{}"
-priority = 1
-site = "a"
-host = "a1"
-vcpus = 1
-cpu_mhz = 1000
-memory_mib = {}
-storage = "shared"
-domain_xml = "lms1.xml"
-"#,
-        a.libvirt_uri(),
-        b.libvirt_uri(),
-        vm.name,
-        vm.mac,
-        vm.ip,
-        vm.memory_mib
-    );
-    let dir = lab.run.path.join("inventory");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("lms1.xml"),
-        "<domain type='qemu'><name>lms1</name></domain>",
+    let file = write_lab_inventory(
+        &lab.run.path.join("inventory"),
+        [&a.libvirt_uri(), &b.libvirt_uri()],
+        &vm,
     )
     .unwrap();
-    std::fs::write(dir.join("inventory.toml"), inventory).unwrap();
-    let at_a = cluster.get("a").unwrap().clone();
-    let out = Command::new(hinan_binary().unwrap())
-        .arg("--socket")
-        .arg(&at_a.socket)
-        .arg("apply")
-        .arg(dir.join("inventory.toml"))
-        .output()
+    let (ok, _, err) = cluster
+        .get("a")
+        .unwrap()
+        .cli(&["apply", &file.to_string_lossy()])
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(ok, "{err}");
 
     // The witness has no hypervisor; it holds what A's appliance read.
     let w = cluster.get("w").unwrap().clone();

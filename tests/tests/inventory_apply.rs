@@ -3,55 +3,10 @@
 //! bad file is refused with its line, changing nothing. Needs root and
 //! network namespaces.
 
-use std::process::Command;
 use std::time::Duration;
 
-use hinan_lab::lab::cluster::{hinan_binary, Appliance};
-use hinan_lab::{Lab, LabSpec};
-
-const INVENTORY: &str = r#"[[site]]
-id = "a"
-latitude = 35.68
-longitude = 139.76
-
-[[site]]
-id = "b"
-latitude = 34.69
-longitude = 135.50
-
-[[site]]
-id = "w"
-latitude = 36.0
-longitude = 138.0
-witness = true
-
-[[host]]
-id = "a1"
-site = "a"
-cpu_mhz = 8000
-memory_mib = 16384
-libvirt_uri = "qemu:///system"
-
-[[host]]
-id = "b1"
-site = "b"
-cpu_mhz = 8000
-memory_mib = 16384
-libvirt_uri = "qemu:///system"
-
-[[vm]]
-id = "lms1"
-mac = "52:54:00:70:00:10"
-ip = "10.70.0.10"
-priority = 1
-site = "a"
-host = "a1"
-vcpus = 1
-cpu_mhz = 1000
-memory_mib = 128
-storage = "shared"
-domain_xml = "lms1.xml"
-"#;
+use hinan_lab::lab::cluster::{write_lab_inventory, Appliance};
+use hinan_lab::{Lab, LabSpec, VmSpec};
 
 /// How many inventories the cluster has committed, as `a` sees it.
 fn applies(a: &Appliance) -> usize {
@@ -61,20 +16,6 @@ fn applies(a: &Appliance) -> usize {
         .iter()
         .filter(|e| e.what.starts_with("inventory applied"))
         .count()
-}
-
-fn hinan(a: &Appliance, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(hinan_binary().unwrap())
-        .arg("--socket")
-        .arg(&a.socket)
-        .args(args)
-        .output()
-        .expect("hinan runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]
@@ -91,15 +32,10 @@ fn an_inventory_is_applied_once_everywhere_and_a_bad_one_changes_nothing() {
         cluster.get("b").unwrap().clone(),
     );
     let dir = lab.run.path.join("inventory");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("lms1.xml"),
-        "<domain type='qemu'><name>lms1</name></domain>",
-    )
-    .unwrap();
-    let file = dir.join("inventory.toml");
-    std::fs::write(&file, INVENTORY).unwrap();
+    let file = write_lab_inventory(&dir, ["qemu:///system"; 2], &VmSpec::default()).unwrap();
+    let inventory = std::fs::read_to_string(&file).unwrap();
     let file = file.to_string_lossy().into_owned();
+    let hinan = |a: &Appliance, args: &[&str]| a.cli(args).unwrap();
 
     let (ok, out, err) = hinan(&a, &["apply", &file, "--dry-run"]);
     assert!(ok, "dry run failed: {err}");
@@ -142,7 +78,7 @@ fn an_inventory_is_applied_once_everywhere_and_a_bad_one_changes_nothing() {
     assert_eq!(applies(&a), 1, "a second apply committed");
 
     // An unknown key, and a VM that fits no host: refused, nothing applied.
-    let bad = INVENTORY.replace(
+    let bad = inventory.replace(
         "storage = \"shared\"",
         "storage = \"shared\"\ncolour = \"red\"",
     );
@@ -152,7 +88,7 @@ fn an_inventory_is_applied_once_everywhere_and_a_bad_one_changes_nothing() {
     let (ok, out, err) = hinan(&a, &["apply", &bad_file]);
     assert!(!ok, "a bad inventory was accepted: {out}");
     assert!(err.contains(&format!("bad.toml:{line}:")), "{err}");
-    let huge = INVENTORY.replace("memory_mib = 128", "memory_mib = 65536");
+    let huge = inventory.replace("memory_mib = 128", "memory_mib = 65536");
     std::fs::write(dir.join("huge.toml"), &huge).unwrap();
     let huge_file = dir.join("huge.toml").to_string_lossy().into_owned();
     let (ok, _, err) = hinan(&a, &["apply", &huge_file]);

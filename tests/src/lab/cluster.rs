@@ -179,6 +179,22 @@ impl Appliance {
         .with_context(|| format!("publishing {hostname}"))
     }
 
+    /// Runs the `hinan` CLI against this appliance's control socket:
+    /// (whether it succeeded, its stdout, its stderr).
+    pub fn cli(&self, args: &[&str]) -> Result<(bool, String, String)> {
+        let out = std::process::Command::new(hinan_binary()?)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .context("running hinan")?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
     /// Waits for an event of `kind` about `peer` (any peer if `None`) recorded after `since`.
     pub fn wait_event(
         &self,
@@ -467,4 +483,68 @@ paths = {paths}
         ));
     }
     text
+}
+
+/// Writes an inventory of the lab into `dir` (`inventory.toml`, and the
+/// `lms1.xml` it names): campuses a and b with hosts a1 and b1 reached at
+/// `libvirt_uris`, the witness w, and `vm` at a1. Returns the file's path.
+pub fn write_lab_inventory(
+    dir: &Path,
+    libvirt_uris: [&str; 2],
+    vm: &crate::VmSpec,
+) -> Result<PathBuf> {
+    fs::create_dir_all(dir)?;
+    fs::write(
+        dir.join("lms1.xml"),
+        "<domain type='qemu'><name>lms1</name></domain>",
+    )?;
+    let text = format!(
+        r#"[[site]]
+id = "a"
+latitude = 35.68
+longitude = 139.76
+
+[[site]]
+id = "b"
+latitude = 34.69
+longitude = 135.50
+
+[[site]]
+id = "w"
+latitude = 36.0
+longitude = 138.0
+witness = true
+
+[[host]]
+id = "a1"
+site = "a"
+cpu_mhz = 8000
+memory_mib = 16384
+libvirt_uri = "{}"
+
+[[host]]
+id = "b1"
+site = "b"
+cpu_mhz = 8000
+memory_mib = 16384
+libvirt_uri = "{}"
+
+[[vm]]
+id = "{}"
+mac = "{}"
+ip = "{}"
+priority = 1
+site = "a"
+host = "a1"
+vcpus = 1
+cpu_mhz = 1000
+memory_mib = {}
+storage = "shared"
+domain_xml = "lms1.xml"
+"#,
+        libvirt_uris[0], libvirt_uris[1], vm.name, vm.mac, vm.ip, vm.memory_mib
+    );
+    let path = dir.join("inventory.toml");
+    fs::write(&path, text)?;
+    Ok(path)
 }
