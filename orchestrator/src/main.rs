@@ -1,5 +1,6 @@
 //! The `hinan` appliance binary. A thin main: parsing and wiring only.
 
+mod moves_cli;
 mod vpn_cli;
 
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use clap::{Parser, Subcommand};
 use hinan_orchestrator::config::Config;
 use hinan_orchestrator::core::control::ProposeReply;
 use hinan_orchestrator::core::inventory;
+use hinan_orchestrator::core::moves::Intent;
 use hinan_orchestrator::core::state::{ClusterState, Command as StateCommand};
 use hinan_orchestrator::shell::control::{self, Request};
 
@@ -79,6 +81,44 @@ enum Cmd {
     },
     /// The published services in the replicated state.
     Services {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Live-migrate VM to SITE (placed on its least loaded host that fits) or SITE/HOST.
+    Migrate {
+        vm: String,
+        /// SITE or SITE/HOST.
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        opts: moves_cli::PlanOpts,
+    },
+    /// Move every VM off SITE, placed by capacity and load over the other campuses.
+    Evacuate {
+        site: String,
+        #[command(flatten)]
+        opts: moves_cli::PlanOpts,
+    },
+    /// Bring every VM that is away from its home site back home.
+    Failback {
+        #[command(flatten)]
+        opts: moves_cli::PlanOpts,
+    },
+    /// Cancel a move (`m7`), or every unfinished move of a plan (`p6`).
+    Cancel {
+        id: String,
+        /// Wait until the cancelled moves have ended.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// The moves in progress, with progress bars.
+    Moves {
+        /// Also the finished moves kept in the state.
+        #[arg(long)]
+        all: bool,
+        /// Redraw until no move is left in progress.
+        #[arg(long)]
+        watch: bool,
         #[arg(long)]
         json: bool,
     },
@@ -252,6 +292,37 @@ fn main() -> Result<()> {
         Cmd::Vms { json } => list(&cli, *json, List::Vms),
         Cmd::Hosts { json } => list(&cli, *json, List::Hosts),
         Cmd::Services { json } => list(&cli, *json, List::Services),
+        Cmd::Migrate { vm, to, opts } => {
+            let (site, host) = match to.split_once('/') {
+                Some((s, h)) => (s.to_string(), Some(h.to_string())),
+                None => (to.clone(), None),
+            };
+            let intent = Intent::Migrate {
+                vm: vm.clone(),
+                to_site: site,
+                to_host: host,
+            };
+            moves_cli::plan(
+                &socket_of(&cli)?,
+                intent,
+                format!("operator: hinan migrate {vm} --to {to}"),
+                opts,
+            )
+        }
+        Cmd::Evacuate { site, opts } => moves_cli::plan(
+            &socket_of(&cli)?,
+            Intent::Evacuate { site: site.clone() },
+            format!("operator: hinan evacuate {site}"),
+            opts,
+        ),
+        Cmd::Failback { opts } => moves_cli::plan(
+            &socket_of(&cli)?,
+            Intent::Failback,
+            "operator: hinan failback".into(),
+            opts,
+        ),
+        Cmd::Cancel { id, wait } => moves_cli::cancel(&socket_of(&cli)?, id, *wait),
+        Cmd::Moves { all, watch, json } => moves_cli::moves(&socket_of(&cli)?, *all, *watch, *json),
         Cmd::Note { text } => call(
             &socket_of(&cli)?,
             Request::Propose {

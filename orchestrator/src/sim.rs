@@ -632,8 +632,11 @@ impl Sim {
                 Effect::Send(msg) => self.send(id, msg),
                 Effect::Applied(changes) => self.applied(id, &changes)?,
                 Effect::Reply { call, response } => self.replied(call, response),
-                // Service checks are not simulated.
-                Effect::Check(_) => {}
+                // Service checks and migrations are not simulated here.
+                Effect::Check(_)
+                | Effect::Migrate(_)
+                | Effect::AbortMigration { .. }
+                | Effect::ResolveMove(_) => {}
             }
         }
         self.took_over(id);

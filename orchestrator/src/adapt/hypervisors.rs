@@ -34,6 +34,7 @@ mod tests {
                     cpu_mhz: 1000,
                     memory_mib: 1024,
                     libvirt_uri: uri.into(),
+                    migration_address: String::new(),
                 },
             );
         }

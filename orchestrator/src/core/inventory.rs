@@ -20,6 +20,8 @@
 //! cpu_mhz = 16000
 //! memory_mib = 32768
 //! libvirt_uri = "qemu+tls://a1.campus-a/system"
+//! migration_address = "10.70.0.2"   # where migration streams to a1 go: its
+//!                             # address on the service segment, inside the VPN
 //!
 //! [[vm]]
 //! id = "lms1"
@@ -47,6 +49,17 @@
 //! mbit = 1000
 //! migration_share = 0.5       # default 0.5, in (0, 1]
 //!
+//! [migration]                 # every key optional; the defaults shown
+//! max_downtime_ms = 300
+//! auto_converge = true
+//! post_copy = false           # switch to post-copy if the first pass does not converge
+//! compression = false         # XBZRLE
+//! parallel_connections = 1
+//! timeout_s = 900             # abort (the VM stays at its source) when longer
+//! max_parallel = 2            # migrations at once from one site
+//! encryption = "vpn"          # "vpn": stream to migration_address; "tls": libvirt's TLS
+//! retries = 1                 # re-plans to another host after a failure
+//!
 //! [areas]
 //! "130000" = ["a"]            # area code (JMA, CAP geocode) → site ids
 //! ```
@@ -57,6 +70,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+use crate::core::moves::MigrationPolicy;
 use crate::core::state::{
     ClusterState, Command, Host, PortMap, Protocol, Service, Site, SiteId, StorageMode, Vm,
     VmCheck, VmSpec, WanLink,
@@ -77,6 +91,8 @@ pub struct Inventory {
     pub services: Vec<Service>,
     pub wan: Vec<WanLink>,
     pub areas: BTreeMap<String, Vec<SiteId>>,
+    #[serde(default)]
+    pub migration: MigrationPolicy,
 }
 
 /// One refusal: `FILE:LINE: message` (`FILE: message` when toml gives no place).
@@ -134,6 +150,8 @@ struct RawFile {
     wan: Vec<RawWan>,
     #[serde(default)]
     areas: BTreeMap<String, Spanned<Vec<String>>>,
+    #[serde(default)]
+    migration: Option<Spanned<MigrationPolicy>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,6 +172,8 @@ struct RawHost {
     cpu_mhz: u64,
     memory_mib: u64,
     libvirt_uri: String,
+    #[serde(default)]
+    migration_address: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -304,6 +324,21 @@ pub fn parse(
             cpu_mhz: h.cpu_mhz,
             memory_mib: h.memory_mib,
             libvirt_uri: h.libvirt_uri.clone(),
+            migration_address: match &h.migration_address {
+                Some(a) if a.get_ref().parse::<IpAddr>().is_err() => {
+                    c.refuse(
+                        a,
+                        format!(
+                            "host '{}': migration_address '{}' is not an IP address",
+                            h.id.get_ref(),
+                            a.get_ref()
+                        ),
+                    );
+                    String::new()
+                }
+                Some(a) => a.get_ref().clone(),
+                None => String::new(),
+            },
         });
     }
     // Hosts that can run VMs: not at a witness site.
@@ -576,6 +611,18 @@ pub fn parse(
         inv.areas.insert(code.clone(), list.get_ref().clone());
     }
 
+    if let Some(m) = &raw.migration {
+        let p = m.get_ref();
+        if p.max_parallel == 0 || p.parallel_connections == 0 || p.timeout_s == 0 {
+            c.refuse(
+                m,
+                "migration: max_parallel, parallel_connections and timeout_s must be at least 1"
+                    .into(),
+            );
+        }
+        inv.migration = p.clone();
+    }
+
     if c.out.is_empty() {
         Ok(inv)
     } else {
@@ -690,6 +737,13 @@ pub fn diff(inv: &Inventory, state: &ClusterState) -> Vec<String> {
                 field!("host", h.name, "cpu_mhz", o.cpu_mhz, h.cpu_mhz);
                 field!("host", h.name, "memory_mib", o.memory_mib, h.memory_mib);
                 field!("host", h.name, "libvirt_uri", o.libvirt_uri, h.libvirt_uri);
+                field!(
+                    "host",
+                    h.name,
+                    "migration_address",
+                    o.migration_address,
+                    h.migration_address
+                );
             }
         }
     }
@@ -828,6 +882,9 @@ pub fn diff(inv: &Inventory, state: &ClusterState) -> Vec<String> {
             out.push(format!("remove area {code}"));
         }
     }
+    if inv.migration != state.migration {
+        out.push(format!("change migration policy → {:?}", inv.migration));
+    }
     out
 }
 
@@ -957,6 +1014,37 @@ mod tests {
         let aw = inv.wan.iter().find(|w| w.between[1] == "w").unwrap();
         assert_eq!(aw.migration_share, 0.5, "migration_share defaults to 0.5");
         assert_eq!(inv.areas["130000"], vec!["a".to_string()]);
+        let a1 = inv.hosts.iter().find(|h| h.name == "a1").unwrap();
+        assert_eq!(a1.migration_address, "10.70.0.2");
+        assert_eq!(inv.migration.max_parallel, 1);
+        assert_eq!(inv.migration.max_downtime_ms, 300);
+    }
+
+    #[test]
+    fn a_bad_migration_address_or_policy_is_refused_with_its_line() {
+        let bad = edited(
+            "migration_address = \"10.70.0.3\"",
+            "migration_address = \"campus-b\"",
+        );
+        refused_at(
+            &bad,
+            line_in(&bad, "migration_address = \"campus-b", 0, "campus-b"),
+            "migration_address 'campus-b' is not an IP address",
+        );
+        let bad = edited("max_parallel = 1", "max_parallel = 0");
+        let e = parse_text(&bad).unwrap_err().to_string();
+        let table = line_in(&bad, "[migration]", 0, "max_downtime");
+        assert!(
+            e.contains("at least 1")
+                && (table - 1..=table + 9).any(|l| e.contains(&format!("inv.toml:{l}: "))),
+            "{e}"
+        );
+        let bad = edited("encryption = \"vpn\"", "encryption = \"none\"");
+        let e = parse_text(&bad).unwrap_err().to_string();
+        assert!(e.contains("none") && e.contains("vpn"), "{e}");
+        let bad = edited("retries = 1", "retries = 1\nturbo = true");
+        let e = parse_text(&bad).unwrap_err().to_string();
+        assert!(e.contains("turbo"), "{e}");
     }
 
     #[test]

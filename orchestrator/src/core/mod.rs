@@ -6,6 +6,7 @@ pub mod control;
 pub mod detect;
 pub mod inventory;
 pub mod monitor;
+pub mod moves;
 pub mod node;
 pub mod placement;
 pub mod replica;

@@ -9,6 +9,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::core::moves::{
+    self, Intent, MigrationPolicy, Move, MoveId, MoveProgress, MoveResult, Plan, Refusal,
+};
+
 /// An appliance's Raft id (nonzero).
 pub type NodeId = u64;
 /// A campus (or the witness site), e.g. `a`.
@@ -45,6 +49,10 @@ pub struct Host {
     /// `qemu+tls://b1.campus-b/system`); empty in states from before the inventory.
     #[serde(default)]
     pub libvirt_uri: String,
+    /// Where migration streams to this host go (its address on the service
+    /// segment, so that they cross the WAN inside the VPN); empty if undeclared.
+    #[serde(default)]
+    pub migration_address: String,
 }
 
 /// A domain as the hypervisor that holds it reports it.
@@ -202,30 +210,6 @@ pub struct Alert {
     pub summary: String,
 }
 
-/// A stored evacuation plan (the planner issue fills in its details).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Plan {
-    pub id: String,
-    pub alert: Option<String>,
-    pub moves: Vec<PlannedMove>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PlannedMove {
-    pub vm: VmId,
-    pub to_site: SiteId,
-    pub to_host: String,
-}
-
-/// Progress of one migration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Migration {
-    pub vm: VmId,
-    pub from_site: SiteId,
-    pub to_site: SiteId,
-    pub phase: String,
-}
-
 /// One line of the append-only audit log: what was decided, by whom, why.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEntry {
@@ -294,8 +278,40 @@ pub enum Command {
         reason: String,
     },
     RecordAlert(Alert),
-    StorePlan(Plan),
-    UpdateMigration(Migration),
+    /// An operator's (or the alert planner's) intent, planned into moves
+    /// when it commits ([`moves::plan`]).
+    PlanMoves {
+        intent: Intent,
+        reason: String,
+    },
+    /// `executor` starts driving pending move `id`.
+    StartMove {
+        id: MoveId,
+        executor: NodeId,
+    },
+    /// A running move's progress, from its executor.
+    ReportMoveProgress {
+        id: MoveId,
+        by: NodeId,
+        progress: MoveProgress,
+    },
+    /// How a running move ended, from its executor.
+    FinishMove {
+        id: MoveId,
+        by: NodeId,
+        result: MoveResult,
+    },
+    /// Cancel a move, or every unfinished move of a plan.
+    CancelMove {
+        id: String,
+    },
+    /// `to` takes over running move `id` from `from`, which it sees down.
+    HandOverMove {
+        id: MoveId,
+        from: NodeId,
+        to: NodeId,
+        why: String,
+    },
     /// A free-form operator note for the audit log (also used by tests and benchmarks).
     Note {
         text: String,
@@ -339,6 +355,8 @@ pub enum Rejected {
     SiteInUse(SiteId),
     #[error("the inventory leaves out site '{site}', where {what}")]
     InventoryDropsSite { site: SiteId, what: String },
+    #[error("{0}")]
+    Move(#[from] Refusal),
 }
 
 /// One applied entry, for watchers.
@@ -371,8 +389,18 @@ pub struct ClusterState {
     #[serde(default)]
     pub domains: BTreeMap<String, Vec<RunningDomain>>,
     pub alerts: Vec<Alert>,
+    /// Plans of moves, by id (`p7`).
+    #[serde(default)]
     pub plans: BTreeMap<String, Plan>,
-    pub migrations: BTreeMap<VmId, Migration>,
+    /// Every move, by id (`m8`): pending, running, and the latest finished.
+    #[serde(default)]
+    pub moves: BTreeMap<MoveId, Move>,
+    /// The last plan or move id handed out.
+    #[serde(default)]
+    pub next_id: u64,
+    /// How live migrations run (from the inventory).
+    #[serde(default)]
+    pub migration: MigrationPolicy,
     pub audit: Vec<AuditEntry>,
     /// Request ids applied lately, oldest first.
     #[serde(default)]
@@ -407,7 +435,7 @@ impl ClusterState {
                 self.recent_requests.pop_front();
             }
         }
-        let result = self.apply_command(p);
+        let result = self.apply_command(index, p);
         self.applied = index;
         let what = match &result {
             Ok(Some(text)) => Some(text.clone()),
@@ -431,7 +459,7 @@ impl ClusterState {
     }
 
     /// Applies one command; returns the audit text when it is a decision worth recording.
-    fn apply_command(&mut self, p: &Proposal) -> Result<Option<String>, Rejected> {
+    fn apply_command(&mut self, index: u64, p: &Proposal) -> Result<Option<String>, Rejected> {
         use Command::*;
         match &p.command {
             PutSite(s) => {
@@ -479,7 +507,6 @@ impl ClusterState {
                     .remove(id)
                     .ok_or_else(|| Rejected::UnknownVm(id.clone()))?;
                 self.vm_health.remove(id);
-                self.migrations.remove(id);
                 Ok(Some(format!("VM {id} removed")))
             }
             SetVmLocation { vm, site, host } => {
@@ -601,13 +628,19 @@ impl ClusterState {
                     a.id, a.received_by, a.summary
                 )))
             }
-            StorePlan(plan) => {
-                self.plans.insert(plan.id.clone(), plan.clone());
-                Ok(Some(format!(
-                    "plan {} stored ({} moves)",
-                    plan.id,
-                    plan.moves.len()
-                )))
+            PlanMoves { intent, reason } => {
+                let planned = moves::plan(self, intent, reason, index)?;
+                Ok(Some(moves::store(self, planned)))
+            }
+            StartMove { id, executor } => Ok(Some(moves::start(self, id, *executor)?)),
+            ReportMoveProgress { id, by, progress } => {
+                moves::progress(self, id, *by, progress)?;
+                Ok(None)
+            }
+            FinishMove { id, by, result } => Ok(Some(moves::finish(self, id, *by, result, index)?)),
+            CancelMove { id } => Ok(Some(moves::cancel(self, id)?)),
+            HandOverMove { id, from, to, why } => {
+                Ok(Some(moves::hand_over(self, id, *from, *to, why)?))
             }
             SetZoneRecords { zone, records } => {
                 let zone = zone.trim_end_matches('.').to_ascii_lowercase();
@@ -618,13 +651,6 @@ impl ClusterState {
                     self.zone_records.insert(zone, records.clone());
                 }
                 Ok(Some(what))
-            }
-            UpdateMigration(m) => {
-                self.migrations.insert(m.vm.clone(), m.clone());
-                Ok(Some(format!(
-                    "migration of {} {}→{}: {}",
-                    m.vm, m.from_site, m.to_site, m.phase
-                )))
             }
             Note { text } => Ok(Some(format!("note: {text}"))),
         }
@@ -683,7 +709,6 @@ impl ClusterState {
             .collect();
         for id in &removed {
             self.vm_health.remove(id);
-            self.migrations.remove(id);
         }
         self.sites = sites;
         self.hosts = inv
@@ -698,6 +723,7 @@ impl ClusterState {
             .map(|s| (s.hostname.clone(), s.clone()))
             .collect();
         self.wan = inv.wan.clone();
+        self.migration = inv.migration.clone();
         self.areas = inv.areas.clone();
         Ok(Some(format!(
             "inventory applied: {} sites, {} hosts, {} VMs, {} services, {} WAN links, {} areas",
@@ -805,6 +831,7 @@ pub(crate) mod tests {
                 cpu_mhz: 8000,
                 memory_mib: 16384,
                 libvirt_uri: String::new(),
+                migration_address: String::new(),
             };
             assert_eq!(apply(&mut s, Command::PutHost(host)).rejected, None);
         }

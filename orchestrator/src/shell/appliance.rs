@@ -14,6 +14,7 @@ use crate::core::monitor::CheckKind;
 use crate::core::node::{CallId, Effect, Node, NodeConfig, Now};
 use crate::core::replica::{Replica, ELECTION_TICKS, TICK};
 use crate::core::state::RunningDomain;
+use crate::shell::executor::{ExecEvent, Executor};
 use crate::shell::heartbeat::HealthView;
 use crate::shell::logstore::LogStore;
 use crate::shell::tls::{self, Identity};
@@ -51,6 +52,7 @@ struct Effects<'a> {
     feed: &'a StateFeed,
     replies: HashMap<CallId, oneshot::Sender<Response>>,
     checks: mpsc::Sender<CheckDone>,
+    exec: Executor,
 }
 
 impl Effects<'_> {
@@ -65,6 +67,9 @@ impl Effects<'_> {
                         let _ = tx.send(response);
                     }
                 }
+                Effect::Migrate(order) => self.exec.migrate(order),
+                Effect::AbortMigration { id } => self.exec.abort(&id),
+                Effect::ResolveMove(order) => self.exec.resolve(order),
                 Effect::Check(req) => {
                     let tx = self.checks.clone();
                     tokio::spawn(async move {
@@ -217,12 +222,14 @@ pub async fn run(cfg: Config, vpn: Option<hinan_vpn::config::Settings>) -> Resul
     tokio::spawn(serve_control(listener, ctl_tx));
 
     let (check_tx, mut check_rx) = mpsc::channel::<CheckDone>(1024);
+    let (exec_tx, mut exec_rx) = mpsc::unbounded_channel::<ExecEvent>();
     let feed = StateFeed::new(node.state());
     let mut fx = Effects {
         net: &net,
         feed: &feed,
         replies: HashMap::new(),
         checks: check_tx,
+        exec: Executor::new(exec_tx),
     };
     tracing::info!(id = me, name = %cfg.appliance.name, "appliance running");
 
@@ -291,6 +298,10 @@ pub async fn run(cfg: Config, vpn: Option<hinan_vpn::config::Settings>) -> Resul
             }
             _ = tokio::time::sleep_until(check_deadline) => node.checks_due(now()),
             Some((host, domains)) = hv_rx.recv() => node.domains_seen(&host, domains, now())?,
+            Some(e) = exec_rx.recv() => match e {
+                ExecEvent::Progress { id, progress } => node.migration_progress(&id, progress, now())?,
+                ExecEvent::Done { id, result } => node.migration_done(&id, result, now())?,
+            },
             Some(done) = check_rx.recv() => {
                 node.check_done(&done.vm, done.kind, done.ok, done.detail, now())?
             }

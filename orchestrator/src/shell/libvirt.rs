@@ -22,6 +22,8 @@ pub enum HypervisorError {
         what: String,
         message: String,
     },
+    #[error("migration of {name} at {uri} cancelled")]
+    Cancelled { uri: String, name: String },
     #[error("no domain {name} at {uri}")]
     NoSuchDomain { uri: String, name: String },
     #[error("domain {name} at {uri} is {state}, not running: it cannot be live-migrated")]
@@ -100,6 +102,38 @@ pub struct MigrationSettings {
     pub max_downtime_ms: Option<u64>,
     /// Throttle a guest that dirties memory faster than the stream.
     pub auto_converge: bool,
+    pub post_copy: bool,
+    pub compression: bool,
+    pub parallel_connections: Option<u32>,
+    pub tls: bool,
+    pub timeout: Option<Duration>,
+    pub progress_every: Duration,
+}
+
+// TEMPORARY SHIM until the virt branch lands (replaced by it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct JobProgress {
+    pub elapsed_ms: u64,
+    pub data_total: u64,
+    pub data_processed: u64,
+    pub data_remaining: u64,
+    pub mem_bps: u64,
+    pub mem_iteration: u64,
+    pub dirty_rate: u64,
+    pub post_copy: bool,
+}
+#[derive(Debug, Clone, Default)]
+pub struct MigrationControl(std::sync::Arc<std::sync::atomic::AtomicBool>);
+impl MigrationControl {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn cancel(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst)
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// What a finished live migration took.
@@ -177,6 +211,35 @@ impl Libvirt {
     /// One domain's report.
     pub fn domain(&self, name: &str) -> Result<DomainReport, HypervisorError> {
         self.report(&self.lookup(name)?)
+    }
+
+    /// Whether a job (a migration) runs on domain `name` now.
+    pub fn job_active(&self, name: &str) -> Result<bool, HypervisorError> {
+        let d = self.lookup(name)?;
+        let info = d
+            .get_job_info()
+            .map_err(self.call("reading a domain's job"))?;
+        Ok(info.r#type != sys::VIR_DOMAIN_JOB_NONE as i32)
+    }
+
+    /// Resumes paused domain `name`.
+    pub fn resume(&self, name: &str) -> Result<(), HypervisorError> {
+        self.lookup(name)?
+            .resume()
+            .map(drop)
+            .map_err(self.call("resuming a domain"))
+    }
+
+    pub fn migrate(
+        &self,
+        name: &str,
+        dest_uri: &str,
+        settings: &MigrationSettings,
+        _control: &MigrationControl,
+        _progress: &(dyn Fn(&JobProgress) + Sync),
+    ) -> Result<MigrationOutcome, HypervisorError> {
+        let dest = Libvirt::open(dest_uri)?;
+        Hypervisor::migrate(self, name, &dest, settings)
     }
 }
 

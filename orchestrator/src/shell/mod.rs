@@ -6,6 +6,7 @@ pub mod appliance;
 pub mod checks;
 pub mod control;
 pub mod dns;
+pub mod executor;
 pub mod heartbeat;
 pub mod inventory;
 pub mod libvirt;

@@ -40,8 +40,11 @@ use crate::core::state::{
     VmId,
 };
 
+mod executor;
 #[cfg(test)]
 mod tests;
+
+pub use executor::MigrationOrder;
 
 /// Events kept for `Events` requests.
 const EVENT_LOG: usize = 10_000;
@@ -78,6 +81,15 @@ pub enum Effect {
     Reply { call: CallId, response: Response },
     /// Run this service check and hand its result to [`Node::check_done`].
     Check(CheckRequest),
+    /// Drive this live migration; report with [`Node::migration_progress`]
+    /// and [`Node::migration_done`].
+    Migrate(MigrationOrder),
+    /// Abort the running migration of this move (an operator cancelled it).
+    AbortMigration { id: crate::core::moves::MoveId },
+    /// This move's first executor is gone: find out where its VM runs (after
+    /// any migration job still running ends) and report with
+    /// [`Node::migration_done`].
+    ResolveMove(MigrationOrder),
 }
 
 /// An error after which the appliance must stop.
@@ -205,6 +217,8 @@ pub struct Node {
     vms_changed: bool,
     live_changed: bool,
     last_check_error: HashMap<VmId, String>,
+    /// What this appliance does about the replicated moves.
+    exec: executor::Executor,
     /// A failure after which the appliance must stop.
     fatal: Option<NodeError>,
     out: Vec<Effect>,
@@ -232,6 +246,7 @@ impl Node {
             vms_changed: true,
             live_changed: true,
             last_check_error: HashMap::new(),
+            exec: executor::Executor::default(),
             fatal: None,
             out: Vec::new(),
         }
@@ -497,6 +512,7 @@ impl Node {
 
     fn finish(&mut self) -> Result<Vec<Effect>, NodeError> {
         self.refresh();
+        self.drive_moves();
         if let Some(e) = self.fatal.take() {
             return Err(e);
         }
@@ -546,7 +562,11 @@ impl Node {
         if out.changes.iter().any(|c| {
             matches!(
                 c.command,
-                Command::PutVm(_) | Command::RemoveVm { .. } | Command::SetVmLocation { .. }
+                Command::PutVm(_)
+                    | Command::RemoveVm { .. }
+                    | Command::SetVmLocation { .. }
+                    | Command::ApplyInventory(_)
+                    | Command::FinishMove { .. }
             )
         }) {
             self.vms_changed = true;

@@ -48,6 +48,10 @@ struct Cluster {
     replies: BTreeMap<CallId, Vec<Response>>,
     next_call: CallId,
     drop: Box<dyn FnMut(&Message) -> bool>,
+    /// Migration effects, with the node that gave them.
+    orders: Vec<(NodeId, Effect)>,
+    /// The node whose effects `take` receives.
+    from: NodeId,
 }
 
 impl Cluster {
@@ -60,6 +64,8 @@ impl Cluster {
             replies: BTreeMap::new(),
             next_call: 0,
             drop: Box::new(|_| false),
+            orders: Vec::new(),
+            from: 0,
         }
     }
 
@@ -77,6 +83,9 @@ impl Cluster {
                 Effect::Reply { call, response } => {
                     self.replies.entry(call).or_default().push(response)
                 }
+                Effect::Migrate(_) | Effect::AbortMigration { .. } | Effect::ResolveMove(_) => {
+                    self.orders.push((self.from, e))
+                }
                 Effect::Applied(_) | Effect::Check(_) => {}
             }
         }
@@ -92,6 +101,7 @@ impl Cluster {
             if (self.drop)(&m) {
                 continue;
             }
+            self.from = m.to;
             if let Some(n) = self.nodes.get_mut(&m.to) {
                 let effects = n.step(m, at);
                 self.take(effects);
@@ -107,6 +117,7 @@ impl Cluster {
             let at = self.at();
             let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
             for id in ids {
+                self.from = id;
                 let effects = self.nodes.get_mut(&id).unwrap().tick(at);
                 self.take(effects);
                 self.deliver();
@@ -118,6 +129,7 @@ impl Cluster {
         self.next_call += 1;
         let call = self.next_call;
         let at = self.at();
+        self.from = at_node;
         let effects = self.nodes.get_mut(&at_node).unwrap().control(call, req, at);
         self.take(effects);
         self.deliver();
@@ -508,4 +520,308 @@ fn health_reports_are_coalesced_per_subject_and_committed_until_they_are() {
             .contains(&format!("appliance {observer} sees site a Down"))),
         "the superseded view was committed"
     );
+}
+
+mod moves {
+    //! The executor: claims, orders to the shell, progress, cancel, failure
+    //! and hand-over, through real Raft.
+
+    use super::*;
+    use crate::core::inventory::Inventory;
+    use crate::core::moves::{Intent, MovePhase, MoveProgress, MoveResult};
+    use crate::core::state::{Host, VmSpec, WanLink};
+
+    fn inventory(vms: &[(&str, u64)]) -> Command {
+        let mut inv = Inventory::default();
+        for s in ["a", "b", "c"] {
+            inv.sites.push(Site {
+                id: s.into(),
+                location: None,
+                witness: false,
+            });
+            inv.hosts.push(Host {
+                name: format!("{s}1"),
+                site: s.into(),
+                cpu_mhz: 16000,
+                memory_mib: 4096,
+                libvirt_uri: format!("qemu:///{s}1"),
+                migration_address: format!("10.70.0.{}", 2 + (s.as_bytes()[0] - b'a')),
+            });
+        }
+        for (i, (id, mem)) in vms.iter().enumerate() {
+            inv.vms.push(Vm {
+                id: id.to_string(),
+                mac: format!("52:54:00:70:00:{:02x}", 0x10 + i),
+                ip: format!("10.70.0.{}", 10 + i),
+                priority: 1,
+                site: "a".into(),
+                host: "a1".into(),
+                storage: StorageMode::Shared,
+                check: VmCheck::default(),
+                spec: VmSpec {
+                    vcpus: 1,
+                    cpu_mhz: 1000,
+                    memory_mib: *mem,
+                    domain_xml: String::new(),
+                    home_site: "a".into(),
+                    home_host: None,
+                },
+            });
+        }
+        for (x, y) in [("a", "b"), ("a", "c"), ("b", "c")] {
+            inv.wan.push(WanLink {
+                between: [x.into(), y.into()],
+                mbit: 100,
+                migration_share: 0.5,
+            });
+        }
+        Command::ApplyInventory(inv)
+    }
+
+    fn setup(vms: &[(&str, u64)]) -> Cluster {
+        let mut c = Cluster::new(3);
+        c.run(Duration::from_secs(3));
+        let leader = c.leader().expect("a leader");
+        c.propose(leader, inventory(vms), 3000);
+        c.run(Duration::from_millis(200));
+        assert_eq!(c.state(3).vms.len(), vms.len());
+        c
+    }
+
+    fn plan(c: &mut Cluster, intent: Intent) {
+        let call = c.propose(
+            2,
+            Command::PlanMoves {
+                intent,
+                reason: "test".into(),
+            },
+            3000,
+        );
+        c.run(Duration::from_millis(300));
+        let r = &c.replies[&call][0];
+        assert!(r.ok, "{:?}", r.error);
+    }
+
+    /// The migrations ordered so far: (node, move id).
+    fn migrations(c: &Cluster) -> Vec<(NodeId, String)> {
+        c.orders
+            .iter()
+            .filter_map(|(n, e)| match e {
+                Effect::Migrate(o) => Some((*n, o.id.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn done(c: &mut Cluster, node: NodeId, id: &str, result: MoveResult) {
+        let at = c.at();
+        c.from = node;
+        let fx = c
+            .nodes
+            .get_mut(&node)
+            .unwrap()
+            .migration_done(id, result, at);
+        c.take(fx);
+        c.deliver();
+        c.run(Duration::from_millis(300));
+    }
+
+    fn ok() -> MoveResult {
+        MoveResult::Done {
+            downtime_ms: Some(150),
+            data_total: Some(1 << 27),
+            wall_ms: 4000,
+        }
+    }
+
+    #[test]
+    fn the_source_sites_appliance_drives_a_move_and_commits_its_progress_and_the_new_location() {
+        let mut c = setup(&[("lms1", 1024)]);
+        plan(
+            &mut c,
+            Intent::Migrate {
+                vm: "lms1".into(),
+                to_site: "b".into(),
+                to_host: None,
+            },
+        );
+        // Only node 1 (site a) drives it, once.
+        let orders: Vec<&MigrationOrder> = c
+            .orders
+            .iter()
+            .map(|(n, e)| match e {
+                Effect::Migrate(o) => {
+                    assert_eq!(*n, 1);
+                    o
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(orders.len(), 1);
+        let o = orders[0].clone();
+        assert_eq!(
+            (o.source_uri.as_str(), o.dest_uri.as_str()),
+            ("qemu:///a1", "qemu:///b1")
+        );
+        assert_eq!(
+            o.stream_uri.as_deref(),
+            Some("tcp://10.70.0.3"),
+            "into the VPN"
+        );
+        assert_eq!(o.bandwidth_mib_s, Some(5), "100 Mbit/s × 0.5");
+        let m = &c.state(3).moves[&o.id];
+        assert_eq!((m.phase, m.executor), (MovePhase::Running, Some(1)));
+
+        let at = c.at();
+        c.from = 1;
+        let p = MoveProgress {
+            data_total: 1000,
+            data_processed: 250,
+            ..Default::default()
+        };
+        let fx = c
+            .nodes
+            .get_mut(&1)
+            .unwrap()
+            .migration_progress(&o.id, p, at);
+        c.take(fx);
+        c.run(Duration::from_millis(300));
+        assert_eq!(
+            c.state(2).moves[&o.id].progress.as_ref().unwrap().percent(),
+            25
+        );
+
+        done(&mut c, 1, &o.id, ok());
+        for id in 1..=3 {
+            let s = c.state(id);
+            assert_eq!(s.moves[&o.id].phase, MovePhase::Done);
+            assert_eq!(
+                (s.vms["lms1"].site.as_str(), s.vms["lms1"].host.as_str()),
+                ("b", "b1")
+            );
+        }
+        let audit: Vec<&str> = c.state(3).audit.iter().map(|a| a.what.as_str()).collect();
+        assert!(
+            audit
+                .iter()
+                .any(|a| a.contains("plan p1 (test): m2 moves lms1 a/a1 → b/b1")),
+            "{audit:?}"
+        );
+        assert!(audit.iter().any(
+            |a| a.contains("move m2 started by appliance 1") && a.contains("capped at 5 MiB/s")
+        ));
+        assert!(audit
+            .iter()
+            .any(|a| a.contains("move m2 done: lms1 runs at site b on b1")));
+        assert_eq!(migrations(&c).len(), 1, "driven once");
+    }
+
+    #[test]
+    fn at_most_max_parallel_run_at_once_and_the_rest_follow() {
+        let mut c = setup(&[("v1", 512), ("v2", 512), ("v3", 512)]);
+        plan(&mut c, Intent::Evacuate { site: "a".into() });
+        let first = migrations(&c);
+        assert_eq!(first.len(), 2, "max_parallel is 2: {first:?}");
+        done(&mut c, 1, &first[0].1, ok());
+        let after = migrations(&c);
+        assert_eq!(after.len(), 3, "the third starts when one ends");
+        let hosts: Vec<String> = c
+            .state(1)
+            .moves
+            .values()
+            .map(|m| m.to_host.clone())
+            .collect();
+        assert!(
+            hosts.contains(&"b1".to_string()) && hosts.contains(&"c1".to_string()),
+            "spread: {hosts:?}"
+        );
+    }
+
+    #[test]
+    fn a_cancel_reaches_the_executor_and_a_failure_is_replanned() {
+        let mut c = setup(&[("lms1", 1024)]);
+        plan(&mut c, Intent::Evacuate { site: "a".into() });
+        let (_, id) = migrations(&c)[0].clone();
+        // Fails: re-planned to the other campus, driven again.
+        let fail = MoveResult::Failed {
+            reason: "b1's libvirt went away; lms1 still runs at a1".into(),
+        };
+        done(&mut c, 1, &id, fail);
+        let s = c.state(2);
+        assert_eq!(s.vms["lms1"].site, "a");
+        let again = migrations(&c);
+        assert_eq!(again.len(), 2, "{again:?}");
+        let second = again[1].1.clone();
+        assert_eq!(s.moves[&second].to_host, "c1");
+        assert_eq!(s.moves[&second].attempt, 2);
+        // Cancelled while running: node 1 is told to abort, once.
+        c.propose(3, Command::CancelMove { id: second.clone() }, 3000);
+        c.run(Duration::from_millis(300));
+        let aborts: Vec<&Effect> = c
+            .orders
+            .iter()
+            .filter(|(n, e)| *n == 1 && matches!(e, Effect::AbortMigration { .. }))
+            .map(|(_, e)| e)
+            .collect();
+        assert_eq!(aborts.len(), 1);
+        done(
+            &mut c,
+            1,
+            &second,
+            MoveResult::Cancelled {
+                reason: "aborted".into(),
+            },
+        );
+        let s = c.state(3);
+        assert_eq!(s.moves[&second].phase, MovePhase::Cancelled);
+        assert_eq!(s.vms["lms1"].site, "a");
+    }
+
+    #[test]
+    fn a_move_whose_executor_dies_is_handed_over_and_resolved() {
+        let mut c = setup(&[("lms1", 1024)]);
+        plan(
+            &mut c,
+            Intent::Migrate {
+                vm: "lms1".into(),
+                to_site: "b".into(),
+                to_host: None,
+            },
+        );
+        let (_, id) = migrations(&c)[0].clone();
+        // Node 1 dies; node 2 (the destination's) and node 3 see it down.
+        c.drop = Box::new(|m| m.from == 1 || m.to == 1);
+        let down: BTreeMap<NodeId, PeerHealth> =
+            [(1, PeerHealth::Down), (3, PeerHealth::Up)].into();
+        let at = c.at();
+        c.from = 2;
+        let fx = c.nodes.get_mut(&2).unwrap().detected(vec![], down, at);
+        c.take(fx);
+        let down3: BTreeMap<NodeId, PeerHealth> =
+            [(1, PeerHealth::Down), (2, PeerHealth::Up)].into();
+        c.from = 3;
+        let fx = c.nodes.get_mut(&3).unwrap().detected(vec![], down3, at);
+        c.take(fx);
+        c.run(Duration::from_secs(4));
+        let m = &c.state(2).moves[&id];
+        assert_eq!(
+            m.executor,
+            Some(2),
+            "node 2, at the destination, takes over"
+        );
+        let resolves: Vec<NodeId> = c
+            .orders
+            .iter()
+            .filter(|(_, e)| matches!(e, Effect::ResolveMove(_)))
+            .map(|(n, _)| *n)
+            .collect();
+        assert_eq!(resolves, [2], "one resolver, node 2");
+        done(&mut c, 2, &id, ok());
+        assert_eq!(c.state(3).vms["lms1"].site, "b");
+        assert!(c
+            .state(3)
+            .audit
+            .iter()
+            .any(|a| a.what.contains("handed over from appliance 1 to 2")));
+    }
 }
