@@ -385,3 +385,49 @@ mod detection {
         assert!(up, "2 never saw 1 again after healing");
     }
 }
+
+#[test]
+fn random_move_schedules_never_migrate_a_vm_twice_and_end_with_true_locations() {
+    let seeds: Vec<u64> = seeds()
+        .into_iter()
+        .take(
+            std::env::var("HINAN_SIM_MOVE_SCHEDULES")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(60),
+        )
+        .collect();
+    let mut totals = hinan_orchestrator::sim::MoveStats::default();
+    let mut failures = Vec::new();
+    for &seed in &seeds {
+        match hinan_orchestrator::sim::moves_schedule(seed, 15_000) {
+            Ok(s) => {
+                totals.plans += s.plans;
+                totals.migrations += s.migrations;
+                totals.succeeded += s.succeeded;
+                totals.failed += s.failed;
+                totals.cancelled += s.cancelled;
+                totals.resolved += s.resolved;
+                totals.results_lost += s.results_lost;
+            }
+            Err(v) => {
+                eprintln!("FAILED: {v}\n  replay: HINAN_SIM_SEED={seed} cargo test -p hinan-orchestrator --test simulation random_move");
+                failures.push(v);
+            }
+        }
+    }
+    eprintln!("{} move schedules: {totals:?}", seeds.len());
+    assert!(
+        failures.is_empty(),
+        "{} of {} move schedules failed: {:?}",
+        failures.len(),
+        seeds.len(),
+        failures.first()
+    );
+    if seeds.len() >= 20 {
+        assert!(
+            totals.succeeded > 0 && totals.failed > 0 && totals.resolved > 0,
+            "the schedules exercised too little: {totals:?}"
+        );
+    }
+}

@@ -307,6 +307,11 @@ impl Node {
         live
     }
 
+    /// Control proposals not committed (nor expired) yet.
+    pub fn waiting(&self) -> usize {
+        self.waiters.len()
+    }
+
     /// When [`Node::checks_due`] has something to run next.
     pub fn next_check_deadline(&self) -> Option<Duration> {
         self.monitor.next_deadline()

@@ -20,6 +20,10 @@ use crate::core::replica::{Replica, ELECTION_TICKS, TICK};
 use crate::core::state::{Command, NodeId, Site, StateChange, StorageMode, Vm, VmCheck};
 use crate::shell::logstore::LogStore;
 
+mod hypervisors;
+use hypervisors::Hypervisors;
+pub use hypervisors::{moves_schedule, MoveStats};
+
 /// A small seeded PRNG (xorshift64*), so schedules replay without a rand crate.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
@@ -133,6 +137,8 @@ pub struct Sim {
     pub detections: Vec<(u64, NodeId, DetectorEvent)>,
     /// (time, new watcher, vm, old watcher) of every P2 takeover.
     pub takeovers: Vec<(u64, NodeId, String, NodeId)>,
+    /// Simulated libvirt hosts, when moves are simulated.
+    hv: Option<Hypervisors>,
 }
 
 /// What happened in a run (for the test's summary).
@@ -192,6 +198,7 @@ impl Sim {
             last_detect_ms: None,
             detections: Vec::new(),
             takeovers: Vec::new(),
+            hv: None,
         }
     }
 
@@ -564,6 +571,7 @@ impl Sim {
                 .unwrap_or(u64::MAX);
             let t = next_tick.min(next_msg).min(next_detect).min(until_ms);
             self.now_ms = t;
+            self.run_hypervisors()?;
             if next_detect <= t && next_detect < next_msg.min(next_tick) {
                 self.last_detect_ms = Some(t);
                 for i in 0..self.nodes.len() {
@@ -632,11 +640,11 @@ impl Sim {
                 Effect::Send(msg) => self.send(id, msg),
                 Effect::Applied(changes) => self.applied(id, &changes)?,
                 Effect::Reply { call, response } => self.replied(call, response),
-                // Service checks and migrations are not simulated here.
-                Effect::Check(_)
-                | Effect::Migrate(_)
-                | Effect::AbortMigration { .. }
-                | Effect::ResolveMove(_) => {}
+                // Service checks are not simulated.
+                Effect::Check(_) => {}
+                Effect::Migrate(order) => self.migrate(id, order)?,
+                Effect::AbortMigration { id: mv } => self.abort(&mv),
+                Effect::ResolveMove(order) => self.resolve(id, order),
             }
         }
         self.took_over(id);
