@@ -613,12 +613,20 @@ pub fn parse(
 
     if let Some(m) = &raw.migration {
         let p = m.get_ref();
-        if p.max_parallel == 0 || p.parallel_connections == 0 || p.timeout_s == 0 {
-            c.refuse(
-                m,
-                "migration: max_parallel, parallel_connections and timeout_s must be at least 1"
-                    .into(),
-            );
+        let bounds: [(&str, u64, u64, u64); 5] = [
+            ("max_downtime_ms", p.max_downtime_ms, 1, 60_000),
+            ("parallel_connections", p.parallel_connections.into(), 1, 64),
+            ("timeout_s", p.timeout_s, 1, 86_400),
+            ("max_parallel", p.max_parallel.into(), 1, 32),
+            ("retries", p.retries.into(), 0, 10),
+        ];
+        for (key, value, lo, hi) in bounds {
+            if !(lo..=hi).contains(&value) {
+                c.refuse(
+                    m,
+                    format!("migration: {key} must be in {lo}..={hi}, not {value}"),
+                );
+            }
         }
         inv.migration = p.clone();
     }
@@ -1035,7 +1043,7 @@ mod tests {
         let e = parse_text(&bad).unwrap_err().to_string();
         let table = line_in(&bad, "[migration]", 0, "max_downtime");
         assert!(
-            e.contains("at least 1")
+            e.contains("max_parallel must be in 1..=32, not 0")
                 && (table - 1..=table + 9).any(|l| e.contains(&format!("inv.toml:{l}: "))),
             "{e}"
         );

@@ -35,6 +35,8 @@ pub type MoveId = String;
 const KEPT_FINISHED: usize = 1000;
 /// Plans kept in the state.
 const KEPT_PLANS: usize = 200;
+/// The longest reason a plan keeps.
+const MAX_REASON: usize = 1024;
 
 /// Where a move is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -323,6 +325,12 @@ pub fn plan(
     reason: &str,
     index: u64,
 ) -> Result<Planned, Refusal> {
+    if reason.len() > MAX_REASON {
+        return refuse(format!(
+            "the reason is {} bytes; at most {MAX_REASON} are kept",
+            reason.len()
+        ));
+    }
     let plan_id = format!("p{}", state.next_id + 1);
     let mut next = state.next_id + 1;
     let mut new_move = |vm: &VmId, to_host: &str, scope: Vec<SiteId>| -> Move {
