@@ -594,6 +594,20 @@ pub fn start(state: &mut ClusterState, id: &str, executor: NodeId) -> Result<Str
     }
     let bw = bandwidth_for(state, m);
     let l = link(state, &m.from_site, &m.to_site).cloned();
+    // Moves already running on the link give up what this one takes.
+    let (from, to) = (m.from_site.clone(), m.to_site.clone());
+    let mut slowed = Vec::new();
+    if let Some(bw) = bw {
+        for o in state.moves.values_mut().filter(|o| {
+            o.phase == MovePhase::Running
+                && ((o.from_site == from && o.to_site == to)
+                    || (o.from_site == to && o.to_site == from))
+                && o.bandwidth_mib_s.is_some_and(|b| b > bw)
+        }) {
+            o.bandwidth_mib_s = Some(bw);
+            slowed.push(o.id.clone());
+        }
+    }
     let m = state.moves.get_mut(id).expect("checked");
     m.phase = MovePhase::Running;
     m.executor = Some(executor);
@@ -608,8 +622,13 @@ pub fn start(state: &mut ClusterState, id: &str, executor: NodeId) -> Result<Str
         ),
         _ => "within one site: uncapped".to_string(),
     };
+    let slowed = if slowed.is_empty() {
+        String::new()
+    } else {
+        format!("; {} slowed to the same share", slowed.join(", "))
+    };
     Ok(format!(
-        "move {id} started by appliance {executor}: {} {}/{} → {}/{}, attempt {}, {cap}",
+        "move {id} started by appliance {executor}: {} {}/{} → {}/{}, attempt {}, {cap}{slowed}",
         m.vm, m.from_site, m.from_host, m.to_site, m.to_host, m.attempt
     ))
 }
@@ -1127,6 +1146,16 @@ mod tests {
         planned(&mut s, migrate("lms2", "b", None)).unwrap();
         // 100 Mbit/s × 0.5 / 2 migrations = 25 Mbit/s = 2.98 MiB/s → 2.
         assert_eq!(bandwidth_for(&s, &s.moves["m2"].clone()), Some(2));
+        // The first alone gets the link's whole share; the second's start
+        // slows it to the same.
+        cancel(&mut s, "m4").unwrap();
+        start(&mut s, "m2", 1).unwrap();
+        assert_eq!(s.moves["m2"].bandwidth_mib_s, Some(5));
+        planned(&mut s, migrate("lms2", "b", None)).unwrap();
+        let said = start(&mut s, "m6", 1).unwrap();
+        assert!(said.contains("m2 slowed to the same share"), "{said}");
+        assert_eq!(s.moves["m2"].bandwidth_mib_s, Some(2));
+        assert_eq!(s.moves["m6"].bandwidth_mib_s, Some(2));
     }
 
     proptest! {

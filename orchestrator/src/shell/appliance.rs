@@ -69,6 +69,7 @@ impl Effects<'_> {
                 }
                 Effect::Migrate(order) => self.exec.migrate(order),
                 Effect::AbortMigration { id } => self.exec.abort(&id),
+                Effect::SetMigrationBandwidth { id, mib_s } => self.exec.set_bandwidth(&id, mib_s),
                 Effect::ResolveMove(order) => self.exec.resolve(order),
                 Effect::Check(req) => {
                     let tx = self.checks.clone();

@@ -29,6 +29,8 @@ const RESOLVE_POLL: Duration = Duration::from_secs(1);
 pub struct Executor {
     tx: mpsc::UnboundedSender<ExecEvent>,
     running: Arc<Mutex<HashMap<MoveId, MigrationControl>>>,
+    /// Move → (VM, source URI) of the migrations running.
+    orders: Arc<Mutex<HashMap<MoveId, (String, String)>>>,
 }
 
 impl Executor {
@@ -36,6 +38,7 @@ impl Executor {
         Executor {
             tx,
             running: Arc::default(),
+            orders: Arc::default(),
         }
     }
 
@@ -45,6 +48,12 @@ impl Executor {
         if let Ok(mut r) = self.running.lock() {
             r.insert(order.id.clone(), control.clone());
         }
+        if let Ok(mut o) = self.orders.lock() {
+            o.insert(
+                order.id.clone(),
+                (order.vm.clone(), order.source_uri.clone()),
+            );
+        }
         let this = self.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("move-{}", order.id))
@@ -52,6 +61,9 @@ impl Executor {
                 let result = run(&order, &control, &this.tx);
                 if let Ok(mut r) = this.running.lock() {
                     r.remove(&order.id);
+                }
+                if let Ok(mut o) = this.orders.lock() {
+                    o.remove(&order.id);
                 }
                 let _ = this.tx.send(ExecEvent::Done {
                     id: order.id,
@@ -69,6 +81,19 @@ impl Executor {
             Some(control) => control.cancel(),
             None => tracing::warn!(id, "cancel of a migration this appliance does not run"),
         }
+    }
+
+    /// Changes the cap of move `id`'s running migration.
+    pub fn set_bandwidth(&self, id: &str, mib_s: u64) {
+        let Some((vm, uri)) = self.orders.lock().ok().and_then(|o| o.get(id).cloned()) else {
+            return;
+        };
+        std::thread::spawn(move || {
+            let r = Libvirt::open(&uri).and_then(|l| l.set_migration_bandwidth(&vm, mib_s));
+            if let Err(e) = r {
+                tracing::warn!(%vm, "cannot change the migration's bandwidth to {mib_s} MiB/s: {e}");
+            }
+        });
     }
 
     /// Finds out where the VM of `order` runs, for a move whose first

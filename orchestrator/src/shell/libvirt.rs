@@ -222,6 +222,14 @@ impl Libvirt {
         Ok(info.r#type != sys::VIR_DOMAIN_JOB_NONE as i32)
     }
 
+    /// Changes the bandwidth cap of domain `name`'s running migration.
+    pub fn set_migration_bandwidth(&self, name: &str, mib_s: u64) -> Result<(), HypervisorError> {
+        self.lookup(name)?
+            .migrate_set_max_speed(mib_s, 0)
+            .map(drop)
+            .map_err(self.call("changing a migration's bandwidth"))
+    }
+
     /// Resumes paused domain `name`.
     pub fn resume(&self, name: &str) -> Result<(), HypervisorError> {
         self.lookup(name)?

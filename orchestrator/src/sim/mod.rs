@@ -644,6 +644,7 @@ impl Sim {
                 Effect::Check(_) => {}
                 Effect::Migrate(order) => self.migrate(id, order)?,
                 Effect::AbortMigration { id: mv } => self.abort(&mv),
+                Effect::SetMigrationBandwidth { .. } => {}
                 Effect::ResolveMove(order) => self.resolve(id, order),
             }
         }

@@ -107,6 +107,8 @@ pub(super) struct Executor {
     progress_at: BTreeMap<MoveId, Duration>,
     /// Hand-overs proposed, and when.
     handing: BTreeMap<MoveId, Duration>,
+    /// The bandwidth each driven move's migration was given.
+    speed: BTreeMap<MoveId, Option<u64>>,
 }
 
 impl Node {
@@ -231,6 +233,7 @@ impl Node {
         self.exec.driving.retain(|id| mine.contains(id));
         self.exec.aborting.retain(|id| mine.contains(id));
         self.exec.progress_at.retain(|id, _| mine.contains(id));
+        self.exec.speed.retain(|id, _| mine.contains(id));
         self.exec.claimed.retain(|id| pending_ids.contains(id));
         self.exec.handing.retain(|id, _| pending_ids.contains(id));
 
@@ -263,6 +266,18 @@ impl Node {
                     );
                 }
                 MovePhase::Running if m.executor == Some(me) => {
+                    match self.exec.speed.get(&m.id) {
+                        Some(had) if *had != m.bandwidth_mib_s => {
+                            if let Some(mib_s) = m.bandwidth_mib_s {
+                                self.out.push(Effect::SetMigrationBandwidth {
+                                    id: m.id.clone(),
+                                    mib_s,
+                                });
+                            }
+                        }
+                        _ => {}
+                    }
+                    self.exec.speed.insert(m.id.clone(), m.bandwidth_mib_s);
                     if !self.exec.driving.contains(&m.id) {
                         self.exec.driving.insert(m.id.clone());
                         match MigrationOrder::of(self.state(), m) {

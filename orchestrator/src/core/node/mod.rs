@@ -86,6 +86,12 @@ pub enum Effect {
     Migrate(MigrationOrder),
     /// Abort the running migration of this move (an operator cancelled it).
     AbortMigration { id: crate::core::moves::MoveId },
+    /// Change the bandwidth cap of this move's running migration (another
+    /// migration now shares its link).
+    SetMigrationBandwidth {
+        id: crate::core::moves::MoveId,
+        mib_s: u64,
+    },
     /// This move's first executor is gone: find out where its VM runs (after
     /// any migration job still running ends) and report with
     /// [`Node::migration_done`].

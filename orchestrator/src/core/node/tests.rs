@@ -83,9 +83,10 @@ impl Cluster {
                 Effect::Reply { call, response } => {
                     self.replies.entry(call).or_default().push(response)
                 }
-                Effect::Migrate(_) | Effect::AbortMigration { .. } | Effect::ResolveMove(_) => {
-                    self.orders.push((self.from, e))
-                }
+                Effect::Migrate(_)
+                | Effect::AbortMigration { .. }
+                | Effect::ResolveMove(_)
+                | Effect::SetMigrationBandwidth { .. } => self.orders.push((self.from, e)),
                 Effect::Applied(_) | Effect::Check(_) => {}
             }
         }
