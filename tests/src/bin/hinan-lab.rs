@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+use hinan_lab::lab::cluster::LabInventory;
 use hinan_lab::lab::vm::MigrateOptions;
 use hinan_lab::lab::wan::{self, LinkImpairment};
 use hinan_lab::lab::SegmentLink;
@@ -64,6 +65,25 @@ enum Command {
     /// Guests besides the LMS that `up` boots.
     #[command(subcommand)]
     Vm(VmCommand),
+    /// Write an inventory of the lab (every campus as a site with host X1,
+    /// the witness, every WAN pair, the guests given) for `hinan apply`.
+    Inventory {
+        /// Directory to write `inventory.toml` and the guests' domain XML into.
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// A guest, `lmsN:MEMORY:FILL:DIRTY@CAMPUS` (e.g. `lms2:256:160:8@a`); repeatable.
+        #[arg(long = "vm")]
+        vms: Vec<String>,
+        /// Capacity of each WAN link, Mbit/s.
+        #[arg(long, default_value_t = 100)]
+        mbit: u64,
+        /// Share of a WAN link migrations may use.
+        #[arg(long, default_value_t = 0.5)]
+        migration_share: f64,
+        /// A `[migration]` setting, `KEY=TOML-VALUE` (e.g. `max_downtime_ms=300`); repeatable.
+        #[arg(long = "migration")]
+        migration: Vec<String>,
+    },
     /// Set impairments on a WAN link (a, b, …, w, cl); no option clears them.
     Impair {
         link: String,
@@ -172,6 +192,51 @@ fn vm_start(name: &str, campus: &str, memory: u32, fill: u32, dirty: u32) -> Res
     Ok(())
 }
 
+/// `lms2:256:160:8@a` → the guest and its campus.
+fn parse_vm(text: &str) -> Result<(VmSpec, String)> {
+    let bad = || {
+        format!("a guest is lmsN:MEMORY:FILL:DIRTY@CAMPUS (e.g. lms2:256:160:8@a), not '{text}'")
+    };
+    let (spec, campus) = text.split_once('@').with_context(bad)?;
+    let parts: Vec<&str> = spec.split(':').collect();
+    let [name, memory, fill, dirty] = parts[..] else {
+        bail!(bad());
+    };
+    let mib = |s: &str| s.parse::<u32>().with_context(bad);
+    let vm = VmSpec::lms(lms_number(name)?, mib(memory)?, mib(fill)?, mib(dirty)?);
+    vm.check()?;
+    Ok((vm, campus.to_string()))
+}
+
+fn inventory(
+    dir: &std::path::Path,
+    vms: &[String],
+    mbit: u64,
+    migration_share: f64,
+    migration: &[String],
+) -> Result<()> {
+    let lab = Lab::open(CLI_LAB)?;
+    let mut inv = LabInventory::of_lab(&lab.topo, mbit, migration_share);
+    if !vms.is_empty() {
+        let image = guest::ensure()?;
+        for text in vms {
+            let (vm, campus) = parse_vm(text)?;
+            lab.campus(&campus)?;
+            inv = inv.vm(&lab.topo, &vm, &campus, &image);
+        }
+    }
+    for kv in migration {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("a migration setting is KEY=VALUE, not '{kv}'"))?;
+        inv = inv.migration(k.trim(), v.trim());
+    }
+    let path = inv.write(dir)?;
+    lab.detach();
+    println!("{}", path.display());
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -198,6 +263,13 @@ fn main() -> Result<()> {
             fill,
             dirty,
         }) => vm_start(&name, &campus, memory, fill, dirty),
+        Command::Inventory {
+            dir,
+            vms,
+            mbit,
+            migration_share,
+            migration,
+        } => inventory(&dir, &vms, mbit, migration_share, &migration),
         Command::Impair {
             link,
             delay_ms,

@@ -921,6 +921,39 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
     }
 
+    /// Until the orchestrator's parser knows `migration_address` and
+    /// `[migration]`, everything else the writer produces must already be
+    /// what it accepts.
+    #[test]
+    fn the_orchestrator_accepts_the_rest_of_the_inventory() {
+        let topo = topology(3);
+        let inv = LabInventory::of_lab(&topo, 1000, 0.25)
+            .vm(&topo, &VmSpec::lms(2, 256, 160, 8), "c", &image())
+            .migration("max_parallel", "1");
+        let text: String = inv
+            .to_toml()
+            .split("[migration]")
+            .next()
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("migration_address"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let xml = inv.vms[0].domain_xml.clone().into_bytes();
+        let parsed =
+            hinan_orchestrator::core::inventory::parse(&text, "inventory.toml", &mut |f| {
+                assert_eq!(f, "lms2.xml");
+                Ok(xml.clone())
+            })
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(parsed.sites.len(), 4);
+        assert_eq!(parsed.hosts.len(), 3);
+        assert_eq!(parsed.wan.len(), 3);
+        assert_eq!(parsed.vms[0].id, "lms2");
+        assert_eq!(parsed.vms[0].host, "c1");
+        assert_eq!(parsed.vms[0].spec.memory_mib, 256);
+    }
+
     #[test]
     fn the_first_inventory_tests_keep_their_two_campus_file() {
         let dir = std::env::temp_dir().join(format!("hinan-lab-inv2-{}", std::process::id()));
