@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+use hinan_lab::lab::cluster::LabInventory;
+use hinan_lab::lab::vm::MigrateOptions;
 use hinan_lab::lab::wan::{self, LinkImpairment};
 use hinan_lab::lab::SegmentLink;
 use hinan_lab::lab::{guest, run};
@@ -47,11 +49,40 @@ enum Command {
     Down,
     /// Show the lab: namespaces, addresses, VMs, impairments, processes.
     Status,
-    /// Live-migrate the LMS guest to another campus.
+    /// Live-migrate an LMS guest to another campus.
     Migrate {
-        /// Destination campus (default: the other one).
+        /// Destination campus (default: the next one).
         #[arg(long)]
         to: Option<String>,
+        /// The guest (`lms1`, `lms2`, …).
+        #[arg(long, default_value = "lms1")]
+        name: String,
+        /// Stream to the destination's service-segment address (through
+        /// hinan's VPN) instead of its public address.
+        #[arg(long)]
+        over_segment: bool,
+    },
+    /// Guests besides the LMS that `up` boots.
+    #[command(subcommand)]
+    Vm(VmCommand),
+    /// Write an inventory of the lab (every campus as a site with host X1,
+    /// the witness, every WAN pair, the guests given) for `hinan apply`.
+    Inventory {
+        /// Directory to write `inventory.toml` and the guests' domain XML into.
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// A guest, `lmsN:MEMORY:FILL:DIRTY@CAMPUS` (e.g. `lms2:256:160:8@a`); repeatable.
+        #[arg(long = "vm")]
+        vms: Vec<String>,
+        /// Capacity of each WAN link, Mbit/s.
+        #[arg(long, default_value_t = 100)]
+        mbit: u64,
+        /// Share of a WAN link migrations may use.
+        #[arg(long, default_value_t = 0.5)]
+        migration_share: f64,
+        /// A `[migration]` setting, `KEY=TOML-VALUE` (e.g. `max_downtime_ms=300`); repeatable.
+        #[arg(long = "migration")]
+        migration: Vec<String>,
     },
     /// Set impairments on a WAN link (a, b, …, w, cl); no option clears them.
     Impair {
@@ -108,6 +139,104 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum VmCommand {
+    /// Boot guest `lmsN` (MAC 52:54:00:70:00:(0x10+N-1), IP 10.70.0.(10+N-1))
+    /// at a campus and wait until the client gets HTTP 200 from it.
+    Start {
+        /// `lms2`, `lms3`, … (`lms1` is the guest `up` boots).
+        #[arg(long)]
+        name: String,
+        /// Campus to start it at.
+        #[arg(long, default_value = "a")]
+        campus: String,
+        /// Guest memory in MiB (128–384 under TCG).
+        #[arg(long, default_value_t = 128)]
+        memory: u32,
+        /// MiB of random data the guest keeps resident.
+        #[arg(long, default_value_t = 0)]
+        fill: u32,
+        /// MiB of the filled data it rewrites, 4 MiB/s.
+        #[arg(long, default_value_t = 0)]
+        dirty: u32,
+    },
+}
+
+/// `lmsN` → N (1–200).
+fn lms_number(name: &str) -> Result<u8> {
+    name.strip_prefix("lms")
+        .and_then(|n| n.parse::<u8>().ok())
+        .filter(|n| (1..=200).contains(n))
+        .with_context(|| format!("a lab guest is called lms1 … lms200, not '{name}'"))
+}
+
+fn vm_start(name: &str, campus: &str, memory: u32, fill: u32, dirty: u32) -> Result<()> {
+    let mut lab = Lab::open(CLI_LAB)?;
+    let vm = VmSpec::lms(lms_number(name)?, memory, fill, dirty);
+    vm.check()?;
+    if let Some(at) = lab.where_running(&vm.name)? {
+        bail!("{} is running at campus {at} already", vm.name);
+    }
+    let result = boot_vm(&mut lab, campus, &vm);
+    lab.detach();
+    let boot = result?;
+    println!(
+        "{} ({}, {} MiB, {} MiB filled, {} MiB dirtied) answers HTTP at campus {campus}, {:.1} s after `virsh start`",
+        vm.name,
+        vm.ip,
+        vm.memory_mib,
+        vm.fill_mib,
+        vm.dirty_mib,
+        boot.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `lms2:256:160:8@a` → the guest and its campus.
+fn parse_vm(text: &str) -> Result<(VmSpec, String)> {
+    let bad = || {
+        format!("a guest is lmsN:MEMORY:FILL:DIRTY@CAMPUS (e.g. lms2:256:160:8@a), not '{text}'")
+    };
+    let (spec, campus) = text.split_once('@').with_context(bad)?;
+    let parts: Vec<&str> = spec.split(':').collect();
+    let [name, memory, fill, dirty] = parts[..] else {
+        bail!(bad());
+    };
+    let mib = |s: &str| s.parse::<u32>().with_context(bad);
+    let vm = VmSpec::lms(lms_number(name)?, mib(memory)?, mib(fill)?, mib(dirty)?);
+    vm.check()?;
+    Ok((vm, campus.to_string()))
+}
+
+fn inventory(
+    dir: &std::path::Path,
+    vms: &[String],
+    mbit: u64,
+    migration_share: f64,
+    migration: &[String],
+) -> Result<()> {
+    let lab = Lab::open(CLI_LAB)?;
+    let mut inv = LabInventory::of_lab(&lab.topo, mbit, migration_share);
+    if !vms.is_empty() {
+        let image = guest::ensure()?;
+        for text in vms {
+            let (vm, campus) = parse_vm(text)?;
+            lab.campus(&campus)?;
+            inv = inv.vm(&lab.topo, &vm, &campus, &image);
+        }
+    }
+    for kv in migration {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("a migration setting is KEY=VALUE, not '{kv}'"))?;
+        inv = inv.migration(k.trim(), v.trim());
+    }
+    let path = inv.write(dir)?;
+    lab.detach();
+    println!("{}", path.display());
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -122,7 +251,25 @@ fn main() -> Result<()> {
             print!("{}", Lab::open(CLI_LAB)?.status());
             Ok(())
         }
-        Command::Migrate { to } => migrate(to),
+        Command::Migrate {
+            to,
+            name,
+            over_segment,
+        } => migrate(to, &name, over_segment),
+        Command::Vm(VmCommand::Start {
+            name,
+            campus,
+            memory,
+            fill,
+            dirty,
+        }) => vm_start(&name, &campus, memory, fill, dirty),
+        Command::Inventory {
+            dir,
+            vms,
+            mbit,
+            migration_share,
+            migration,
+        } => inventory(&dir, &vms, mbit, migration_share, &migration),
         Command::Impair {
             link,
             delay_ms,
@@ -228,46 +375,59 @@ fn down() -> Result<()> {
     Ok(())
 }
 
-fn migrate(to: Option<String>) -> Result<()> {
+fn migrate(to: Option<String>, name: &str, over_segment: bool) -> Result<()> {
     let mut lab = Lab::open(CLI_LAB)?;
-    let vm = VmSpec::default();
     let from = lab
-        .where_running(&vm.name)?
-        .context("the LMS guest is not running anywhere")?;
+        .where_running(name)?
+        .with_context(|| format!("{name} is not running anywhere"))?;
     let to = match to {
         Some(t) => t,
-        None => lab
-            .topo
-            .campuses
-            .iter()
-            .find(|c| c.name != from)
-            .map(|c| c.name.clone())
-            .context("the lab has only one campus")?,
+        None => {
+            let names: Vec<String> = lab.topo.campuses.iter().map(|c| c.name.clone()).collect();
+            let here = names.iter().position(|n| *n == from).unwrap_or(0);
+            names
+                .get((here + 1) % names.len())
+                .filter(|n| **n != from)
+                .cloned()
+                .context("the lab has only one campus")?
+        }
     };
-    let m = lab.migrate_vm(&vm.name, &from, &to)?;
+    let opts = MigrateOptions {
+        over_segment,
+        auto_converge: true,
+        extra: Vec::new(),
+    };
+    let m = lab.migrate_vm_with(name, &from, &to, &opts);
+    lab.detach();
+    let m = m?;
     println!(
         "migrated {} from {} to {} in {:.2} s",
-        vm.name,
+        name,
         m.from,
         m.to,
         m.wall.as_secs_f64()
     );
     print!("{}", m.job_info);
-    lab.detach();
     Ok(())
 }
 
 /// Boots the LMS guest at campus A and waits until the client gets HTTP 200.
 fn boot_lms(lab: &mut Lab, vm: &VmSpec) -> Result<Duration> {
+    boot_vm(lab, "a", vm)
+}
+
+/// Boots `vm` at `campus` and waits until the client gets HTTP 200.
+fn boot_vm(lab: &mut Lab, campus: &str, vm: &VmSpec) -> Result<Duration> {
     eprintln!("preparing the guest image (cached after the first build)…");
     let image = guest::ensure()?;
     let start = Instant::now();
-    lab.start_vm("a", vm, &image)?;
-    lab.wait_http(&vm.url(), Duration::from_secs(90))
+    lab.start_vm(campus, vm, &image)?;
+    lab.wait_http(&vm.url(), Duration::from_secs(180))
         .with_context(|| {
             format!(
-                "the guest never answered; its console:\n{}",
-                lab.console_tail("a", &vm.name)
+                "{} never answered; its console:\n{}",
+                vm.name,
+                lab.console_tail(campus, &vm.name)
             )
         })?;
     Ok(start.elapsed())

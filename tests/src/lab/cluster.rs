@@ -19,7 +19,7 @@ use hinan_orchestrator::shell::control::{
 
 use crate::lab::procs::ProcRecord;
 use crate::lab::sys;
-use crate::lab::Lab;
+use crate::lab::{Lab, Topology};
 
 /// Raft transport port.
 pub const RAFT_PORT: u16 = 7400;
@@ -485,66 +485,503 @@ paths = {paths}
     text
 }
 
-/// Writes an inventory of the lab into `dir` (`inventory.toml`, and the
-/// `lms1.xml` it names): campuses a and b with hosts a1 and b1 reached at
-/// `libvirt_uris`, the witness w, and `vm` at a1. Returns the file's path.
+/// A site of a lab inventory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InventorySite {
+    pub id: String,
+    pub latitude: f64,
+    pub longitude: f64,
+    pub witness: bool,
+}
+
+/// A host of a lab inventory (one per campus: `a1`, `b1`, …).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InventoryHost {
+    pub id: String,
+    pub site: String,
+    pub cpu_mhz: u64,
+    pub memory_mib: u64,
+    pub libvirt_uri: String,
+    /// Where migration streams to this host go (the campus's address on the
+    /// service segment, so that they cross the WAN inside the VPN); not
+    /// written when `None`.
+    pub migration_address: Option<String>,
+}
+
+/// A guest of a lab inventory, at its start (home) site and host.
+#[derive(Debug, Clone)]
+pub struct InventoryVm {
+    pub spec: crate::VmSpec,
+    pub priority: u32,
+    pub site: String,
+    pub host: String,
+    /// The text of its domain XML file (`<name>.xml` beside the inventory).
+    pub domain_xml: String,
+}
+
+/// A WAN link of a lab inventory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InventoryWan {
+    pub between: [String; 2],
+    pub mbit: u64,
+    pub migration_share: f64,
+}
+
+/// An inventory of a lab, written by [`LabInventory::write`]: what
+/// `hinan apply` is given in the lab tests.
+#[derive(Debug, Clone, Default)]
+pub struct LabInventory {
+    pub sites: Vec<InventorySite>,
+    pub hosts: Vec<InventoryHost>,
+    pub vms: Vec<InventoryVm>,
+    pub wan: Vec<InventoryWan>,
+    /// The `[migration]` table, `key = TOML value` verbatim (e.g.
+    /// `("max_downtime_ms", "300")`, `("encryption", "\"vpn\"")`); no table when empty.
+    pub migration: Vec<(String, String)>,
+}
+
+/// Where the lab's sites are, for the inventory: Tokyo, Osaka, Fukuoka,
+/// Sapporo, Sendai, Nagoya, Hiroshima, Naha; the witness in Nagano.
+const CAMPUS_PLACES: [(f64, f64); 8] = [
+    (35.68, 139.76),
+    (34.69, 135.50),
+    (33.59, 130.40),
+    (43.06, 141.35),
+    (38.27, 140.87),
+    (35.18, 136.91),
+    (34.39, 132.46),
+    (26.21, 127.68),
+];
+const WITNESS_PLACE: (f64, f64) = (36.0, 138.0);
+
+impl LabInventory {
+    /// The lab's campuses (site and host `X1` each: 8000 MHz, 4096 MiB, the
+    /// campus's libvirtd, migrations to its service-segment address), its
+    /// witness `w`, and a WAN link of `mbit` Mbit/s with `migration_share`
+    /// between every pair of campuses. No guests yet: add them with [`Self::vm`].
+    pub fn of_lab(topo: &Topology, mbit: u64, migration_share: f64) -> LabInventory {
+        let mut inv = LabInventory::default();
+        for c in &topo.campuses {
+            let (latitude, longitude) = CAMPUS_PLACES[c.index % CAMPUS_PLACES.len()];
+            inv.sites.push(InventorySite {
+                id: c.name.clone(),
+                latitude,
+                longitude,
+                witness: false,
+            });
+            inv.hosts.push(InventoryHost {
+                id: format!("{}1", c.name),
+                site: c.name.clone(),
+                cpu_mhz: 8000,
+                memory_mib: 4096,
+                libvirt_uri: c.libvirt_uri(),
+                migration_address: Some(c.inside_ip.to_string()),
+            });
+        }
+        if let Some(w) = &topo.witness {
+            inv.sites.push(InventorySite {
+                id: w.name.clone(),
+                latitude: WITNESS_PLACE.0,
+                longitude: WITNESS_PLACE.1,
+                witness: true,
+            });
+        }
+        let campuses: Vec<&str> = topo.campuses.iter().map(|c| c.name.as_str()).collect();
+        for (i, x) in campuses.iter().enumerate() {
+            for y in &campuses[i + 1..] {
+                inv.wan.push(InventoryWan {
+                    between: [x.to_string(), y.to_string()],
+                    mbit,
+                    migration_share,
+                });
+            }
+        }
+        inv
+    }
+
+    /// Adds guest `vm` (priority 1) starting at campus `site`'s host, with
+    /// its real domain XML for `image` and the lab's domain type.
+    pub fn vm(
+        mut self,
+        topo: &Topology,
+        vm: &crate::VmSpec,
+        site: &str,
+        image: &crate::lab::guest::GuestImage,
+    ) -> LabInventory {
+        self.vms.push(InventoryVm {
+            spec: vm.clone(),
+            priority: 1,
+            site: site.into(),
+            host: format!("{site}1"),
+            domain_xml: vm.domain_xml(image, &topo.virt_type),
+        });
+        self
+    }
+
+    /// Sets host `host`'s memory (e.g. small, to force where guests go).
+    pub fn host_memory(mut self, host: &str, memory_mib: u64) -> LabInventory {
+        for h in self.hosts.iter_mut().filter(|h| h.id == host) {
+            h.memory_mib = memory_mib;
+        }
+        self
+    }
+
+    /// Adds `key = value` (a TOML value, verbatim) to the `[migration]` table.
+    pub fn migration(mut self, key: &str, value: &str) -> LabInventory {
+        self.migration.push((key.into(), value.into()));
+        self
+    }
+
+    /// The inventory's text.
+    pub fn to_toml(&self) -> String {
+        let q = toml_string;
+        let mut t = String::new();
+        for s in &self.sites {
+            t.push_str(&format!(
+                "[[site]]\nid = {}\nlatitude = {:?}\nlongitude = {:?}\n",
+                q(&s.id),
+                s.latitude,
+                s.longitude
+            ));
+            if s.witness {
+                t.push_str("witness = true\n");
+            }
+            t.push('\n');
+        }
+        for h in &self.hosts {
+            t.push_str(&format!(
+                "[[host]]\nid = {}\nsite = {}\ncpu_mhz = {}\nmemory_mib = {}\nlibvirt_uri = {}\n",
+                q(&h.id),
+                q(&h.site),
+                h.cpu_mhz,
+                h.memory_mib,
+                q(&h.libvirt_uri)
+            ));
+            if let Some(m) = &h.migration_address {
+                t.push_str(&format!("migration_address = {}\n", q(m)));
+            }
+            t.push('\n');
+        }
+        for v in &self.vms {
+            t.push_str(&format!(
+                "[[vm]]\nid = {}\nmac = {}\nip = {}\npriority = {}\nsite = {}\nhost = {}\nvcpus = 1\ncpu_mhz = 1000\nmemory_mib = {}\nstorage = \"shared\"\ndomain_xml = {}\n\n",
+                q(&v.spec.name),
+                q(&v.spec.mac),
+                q(&v.spec.ip.to_string()),
+                v.priority,
+                q(&v.site),
+                q(&v.host),
+                v.spec.memory_mib,
+                q(&format!("{}.xml", v.spec.name)),
+            ));
+        }
+        for w in &self.wan {
+            t.push_str(&format!(
+                "[[wan]]\nbetween = [{}, {}]\nmbit = {}\nmigration_share = {:?}\n\n",
+                q(&w.between[0]),
+                q(&w.between[1]),
+                w.mbit,
+                w.migration_share
+            ));
+        }
+        if !self.migration.is_empty() {
+            t.push_str("[migration]\n");
+            for (k, v) in &self.migration {
+                t.push_str(&format!("{k} = {v}\n"));
+            }
+        }
+        t
+    }
+
+    /// Writes `inventory.toml` and each guest's `<name>.xml` into `dir`;
+    /// returns the inventory's path.
+    pub fn write(&self, dir: &Path) -> Result<PathBuf> {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for v in &self.vms {
+            let xml = dir.join(format!("{}.xml", v.spec.name));
+            fs::write(&xml, &v.domain_xml).with_context(|| format!("writing {}", xml.display()))?;
+        }
+        let path = dir.join("inventory.toml");
+        fs::write(&path, self.to_toml()).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+}
+
+/// `s` as a TOML basic string.
+fn toml_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for ch in s.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\u{:04x}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Writes the two-campus inventory of the first inventory tests into `dir`
+/// (`inventory.toml`, and a stub `lms1.xml`): campuses a and b with hosts a1
+/// and b1 (16 GiB each, no migration address) reached at `libvirt_uris`,
+/// the witness w, and `vm` at a1; no WAN links. Returns the file's path.
+/// [`LabInventory`] writes every lab's inventory.
 pub fn write_lab_inventory(
     dir: &Path,
     libvirt_uris: [&str; 2],
     vm: &crate::VmSpec,
 ) -> Result<PathBuf> {
-    fs::create_dir_all(dir)?;
-    fs::write(
-        dir.join("lms1.xml"),
-        "<domain type='qemu'><name>lms1</name></domain>",
-    )?;
-    let text = format!(
-        r#"[[site]]
-id = "a"
-latitude = 35.68
-longitude = 139.76
+    let site = |id: &str, (latitude, longitude): (f64, f64), witness| InventorySite {
+        id: id.into(),
+        latitude,
+        longitude,
+        witness,
+    };
+    let host = |id: &str, site: &str, uri: &str| InventoryHost {
+        id: id.into(),
+        site: site.into(),
+        cpu_mhz: 8000,
+        memory_mib: 16384,
+        libvirt_uri: uri.into(),
+        migration_address: None,
+    };
+    LabInventory {
+        sites: vec![
+            site("a", CAMPUS_PLACES[0], false),
+            site("b", CAMPUS_PLACES[1], false),
+            site("w", WITNESS_PLACE, true),
+        ],
+        hosts: vec![
+            host("a1", "a", libvirt_uris[0]),
+            host("b1", "b", libvirt_uris[1]),
+        ],
+        vms: vec![InventoryVm {
+            spec: vm.clone(),
+            priority: 1,
+            site: "a".into(),
+            host: "a1".into(),
+            domain_xml: format!("<domain type='qemu'><name>{}</name></domain>", vm.name),
+        }],
+        wan: Vec::new(),
+        migration: Vec::new(),
+    }
+    .write(dir)
+}
 
-[[site]]
-id = "b"
-latitude = 34.69
-longitude = 135.50
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::guest::GuestImage;
+    use crate::lab::{Campus, WanHost};
+    use crate::VmSpec;
+    use std::net::Ipv4Addr;
 
-[[site]]
-id = "w"
-latitude = 36.0
-longitude = 138.0
-witness = true
+    fn topology(campuses: usize) -> Topology {
+        let host = |name: &str, net: u8| WanHost {
+            name: name.into(),
+            ns: format!("hl-t-{name}"),
+            ip: Ipv4Addr::new(198, 18, net, 2),
+            wan_gateway: Ipv4Addr::new(198, 18, net, 1),
+        };
+        Topology {
+            id: "t".into(),
+            wan_ns: "hl-t-wan".into(),
+            campuses: (0..campuses)
+                .map(|i| {
+                    let name = ((b'a' + i as u8) as char).to_string();
+                    Campus {
+                        index: i,
+                        ns: format!("hl-t-{name}"),
+                        public_ip: Ipv4Addr::new(198, 18, i as u8, 2),
+                        wan_gateway: Ipv4Addr::new(198, 18, i as u8, 1),
+                        inside_ip: Ipv4Addr::new(10, 70, 0, 2 + i as u8),
+                        dir: format!("/run/hinan-lab/t/site-{name}").into(),
+                        hypervisor: true,
+                        name,
+                    }
+                })
+                .collect(),
+            client: host("cl", 100),
+            witness: Some(host("w", 99)),
+            virt_type: "qemu".into(),
+        }
+    }
 
-[[host]]
-id = "a1"
-site = "a"
-cpu_mhz = 8000
-memory_mib = 16384
-libvirt_uri = "{}"
+    fn image() -> GuestImage {
+        GuestImage {
+            kernel: "/cache/vmlinuz".into(),
+            initrd: "/cache/initrd.gz".into(),
+        }
+    }
 
-[[host]]
-id = "b1"
-site = "b"
-cpu_mhz = 8000
-memory_mib = 16384
-libvirt_uri = "{}"
+    fn table<'a>(v: &'a toml::Value, key: &str) -> &'a Vec<toml::Value> {
+        v.get(key)
+            .and_then(toml::Value::as_array)
+            .unwrap_or_else(|| panic!("no [[{key}]] in {v}"))
+    }
 
-[[vm]]
-id = "{}"
-mac = "{}"
-ip = "{}"
-priority = 1
-site = "a"
-host = "a1"
-vcpus = 1
-cpu_mhz = 1000
-memory_mib = {}
-storage = "shared"
-domain_xml = "lms1.xml"
-"#,
-        libvirt_uris[0], libvirt_uris[1], vm.name, vm.mac, vm.ip, vm.memory_mib
-    );
-    let path = dir.join("inventory.toml");
-    fs::write(&path, text)?;
-    Ok(path)
+    #[test]
+    fn three_campuses_give_sites_hosts_guests_every_wan_pair_and_migration_settings() {
+        let topo = topology(3);
+        let dir = std::env::temp_dir().join(format!("hinan-lab-inv-{}", std::process::id()));
+        let big = VmSpec::lms(2, 256, 160, 0);
+        let busy = VmSpec::lms(3, 192, 96, 8);
+        let inv = LabInventory::of_lab(&topo, 100, 0.5)
+            .vm(&topo, &big, "a", &image())
+            .vm(&topo, &busy, "b", &image())
+            .host_memory("c1", 512)
+            .migration("max_downtime_ms", "300")
+            .migration("auto_converge", "true")
+            .migration("encryption", "\"vpn\"");
+        let path = inv.write(&dir).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        let v: toml::Value = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+
+        let sites: Vec<(&str, bool)> = table(&v, "site")
+            .iter()
+            .map(|s| {
+                (
+                    s["id"].as_str().unwrap(),
+                    s.get("witness")
+                        .and_then(toml::Value::as_bool)
+                        .unwrap_or(false),
+                )
+            })
+            .collect();
+        assert_eq!(
+            sites,
+            [("a", false), ("b", false), ("c", false), ("w", true)]
+        );
+
+        let hosts = table(&v, "host");
+        assert_eq!(hosts.len(), 3, "{text}");
+        for (h, c) in hosts.iter().zip(&topo.campuses) {
+            assert_eq!(h["id"].as_str(), Some(format!("{}1", c.name).as_str()));
+            assert_eq!(h["site"].as_str(), Some(c.name.as_str()));
+            assert_eq!(h["cpu_mhz"].as_integer(), Some(8000));
+            assert_eq!(h["libvirt_uri"].as_str(), Some(c.libvirt_uri().as_str()));
+            assert_eq!(
+                h["migration_address"].as_str(),
+                Some(c.inside_ip.to_string().as_str())
+            );
+        }
+        let memory: Vec<i64> = hosts
+            .iter()
+            .map(|h| h["memory_mib"].as_integer().unwrap())
+            .collect();
+        assert_eq!(memory, [4096, 4096, 512]);
+
+        let vms = table(&v, "vm");
+        assert_eq!(vms.len(), 2);
+        for (vm, (spec, site)) in vms.iter().zip([(&big, "a"), (&busy, "b")]) {
+            assert_eq!(vm["id"].as_str(), Some(spec.name.as_str()));
+            assert_eq!(vm["mac"].as_str(), Some(spec.mac.as_str()));
+            assert_eq!(vm["ip"].as_str(), Some(spec.ip.to_string().as_str()));
+            assert_eq!(vm["site"].as_str(), Some(site));
+            assert_eq!(vm["host"].as_str(), Some(format!("{site}1").as_str()));
+            assert_eq!(vm["memory_mib"].as_integer(), Some(spec.memory_mib as i64));
+            assert_eq!(vm["vcpus"].as_integer(), Some(1));
+            assert_eq!(vm["cpu_mhz"].as_integer(), Some(1000));
+            assert_eq!(vm["storage"].as_str(), Some("shared"));
+            let file = dir.join(vm["domain_xml"].as_str().unwrap());
+            let xml = fs::read_to_string(&file).unwrap();
+            assert_eq!(xml, spec.domain_xml(&image(), "qemu"));
+        }
+        assert!(fs::read_to_string(dir.join("lms3.xml"))
+            .unwrap()
+            .contains("hinan.fill=96 hinan.dirty=8"));
+
+        let pairs: Vec<(String, String, i64, f64)> = table(&v, "wan")
+            .iter()
+            .map(|w| {
+                let b = w["between"].as_array().unwrap();
+                (
+                    b[0].as_str().unwrap().into(),
+                    b[1].as_str().unwrap().into(),
+                    w["mbit"].as_integer().unwrap(),
+                    w["migration_share"].as_float().unwrap(),
+                )
+            })
+            .collect();
+        let want: Vec<(String, String, i64, f64)> = [("a", "b"), ("a", "c"), ("b", "c")]
+            .iter()
+            .map(|(x, y)| (x.to_string(), y.to_string(), 100, 0.5))
+            .collect();
+        assert_eq!(pairs, want);
+
+        let m = v["migration"].as_table().unwrap();
+        assert_eq!(m.len(), 3);
+        assert_eq!(m["max_downtime_ms"].as_integer(), Some(300));
+        assert_eq!(m["auto_converge"].as_bool(), Some(true));
+        assert_eq!(m["encryption"].as_str(), Some("vpn"));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// Until the orchestrator's parser knows `migration_address` and
+    /// `[migration]`, everything else the writer produces must already be
+    /// what it accepts.
+    #[test]
+    fn the_orchestrator_accepts_the_rest_of_the_inventory() {
+        let topo = topology(3);
+        let inv = LabInventory::of_lab(&topo, 1000, 0.25)
+            .vm(&topo, &VmSpec::lms(2, 256, 160, 8), "c", &image())
+            .migration("max_parallel", "1");
+        let text: String = inv
+            .to_toml()
+            .split("[migration]")
+            .next()
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("migration_address"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let xml = inv.vms[0].domain_xml.clone().into_bytes();
+        let parsed =
+            hinan_orchestrator::core::inventory::parse(&text, "inventory.toml", &mut |f| {
+                assert_eq!(f, "lms2.xml");
+                Ok(xml.clone())
+            })
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(parsed.sites.len(), 4);
+        assert_eq!(parsed.hosts.len(), 3);
+        assert_eq!(parsed.wan.len(), 3);
+        assert_eq!(parsed.vms[0].id, "lms2");
+        assert_eq!(parsed.vms[0].host, "c1");
+        assert_eq!(parsed.vms[0].spec.memory_mib, 256);
+    }
+
+    #[test]
+    fn the_first_inventory_tests_keep_their_two_campus_file() {
+        let dir = std::env::temp_dir().join(format!("hinan-lab-inv2-{}", std::process::id()));
+        let path =
+            write_lab_inventory(&dir, ["qemu:///a", "qemu:///b"], &VmSpec::default()).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        let v: toml::Value = toml::from_str(&text).unwrap();
+        assert_eq!(table(&v, "site").len(), 3);
+        let hosts = table(&v, "host");
+        assert_eq!(hosts[1]["libvirt_uri"].as_str(), Some("qemu:///b"));
+        assert!(
+            hosts.iter().all(|h| h.get("migration_address").is_none()),
+            "{text}"
+        );
+        assert!(
+            v.get("wan").is_none() && v.get("migration").is_none(),
+            "{text}"
+        );
+        assert!(text.contains("memory_mib = 128"), "{text}");
+        assert!(dir.join("lms1.xml").exists());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn strings_are_escaped() {
+        assert_eq!(toml_string("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+        let v: toml::Value =
+            toml::from_str(&format!("k = {}", toml_string("a\"b\\c\n\u{1}"))).unwrap();
+        assert_eq!(v["k"].as_str(), Some("a\"b\\c\n\u{1}"));
+    }
 }

@@ -27,7 +27,11 @@ const MODULES: &[&str] = &[
 ];
 
 /// `/init` of the guest. Parameters come from the kernel command line:
-/// `lms_ip=10.70.0.10/24 lms_gw=10.70.0.1 lms_name=lms1`.
+/// `lms_ip=10.70.0.10/24 lms_gw=10.70.0.1 lms_name=lms1`, and optionally
+/// `hinan.fill=MiB hinan.dirty=MiB` (its memory workload, see
+/// [`crate::VmSpec`]). `GET /cgi-bin/mem` reports the workload:
+/// `fill_mib=160 filled_mib=160 dirty_mib=8 fill_started=… fill_done=…`,
+/// `dirty_passes=N` and lines of /proc/meminfo.
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin:/sbin
@@ -63,9 +67,38 @@ cat > /www/cgi-bin/stop-httpd <<'CGI'
 printf 'Content-Type: text/plain\r\n\r\nstopping\n'
 ( usleep 200000; killall httpd; sleep ${QUERY_STRING:-5}; httpd -p 80 -h /www ) </dev/null >/dev/null 2>&1 &
 CGI
+cat > /www/cgi-bin/mem <<'CGI'
+#!/bin/sh
+printf 'Content-Type: text/plain\r\n\r\n'
+cat /run/mem-report
+echo "dirty_passes=$(cat /run/dirty-passes 2>/dev/null || echo 0)"
+grep -E '^(MemTotal|MemFree|Shmem):' /proc/meminfo | tr -s ' ' | sed 's/: /=/; s/ kB/kB/'
+CGI
 chmod +x /www/cgi-bin/*
+# Memory that holds real data: hinan.fill=MiB of random (incompressible,
+# non-zero) bytes kept resident in a tmpfs, before the service answers; and
+# hinan.dirty=MiB of them rewritten in a loop, 1 MiB every 250 ms (4 MiB/s),
+# so that live migrations have pages to resend yet still converge.
+fill=0; dirty=0
+for kv in $(cat /proc/cmdline); do case $kv in hinan.fill=*) fill=${kv#*=};; hinan.dirty=*) dirty=${kv#*=};; esac; done
+case "$fill" in ''|*[!0-9]*) fill=0;; esac
+case "$dirty" in ''|*[!0-9]*) dirty=0;; esac
+[ "$dirty" -gt "$fill" ] && dirty=$fill
+t0=$(cut -d' ' -f1 /proc/uptime)
+if [ "$fill" -gt 0 ]; then
+  mkdir -p /dev/shm
+  mount -t tmpfs -o size=$((fill + 1))m tmpfs /dev/shm
+  dd if=/dev/urandom of=/dev/shm/fill bs=1M count=$fill 2>/dev/null
+fi
+filled=$(( $(stat -c %s /dev/shm/fill 2>/dev/null || echo 0) / 1048576 ))
+echo "fill_mib=$fill filled_mib=$filled dirty_mib=$dirty fill_started=$t0 fill_done=$(cut -d' ' -f1 /proc/uptime)" > /run/mem-report
+if [ "$dirty" -gt 0 ]; then
+  ( n=0; while :; do i=0; while [ $i -lt $dirty ]; do
+      dd if=/dev/urandom of=/dev/shm/fill bs=1M count=1 seek=$i conv=notrunc 2>/dev/null
+      usleep 250000; i=$((i+1)); done; n=$((n+1)); echo $n > /run/dirty-passes; done ) </dev/null >/dev/null 2>&1 &
+fi
 httpd -p 80 -h /www
-echo "LMS-READY $(hostname) ip=${lms_ip} uptime=$(cut -d' ' -f1 /proc/uptime)" > /dev/console
+echo "LMS-READY $(hostname) ip=${lms_ip} filled_mib=$filled uptime=$(cut -d' ' -f1 /proc/uptime)" > /dev/console
 while :; do setsid cttyhack sh </dev/console >/dev/console 2>&1 || sleep 1; done
 "#;
 
