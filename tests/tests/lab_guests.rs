@@ -106,7 +106,20 @@ fn filled_guests_boot_at_a_and_one_live_migrates_to_c_over_the_vpn() {
     });
     assert!(rewriting, "{} does not rewrite its memory", dirtying.name);
 
+    // What campus A's VPN endpoint has sent to campus C's.
+    let a_to_c = |lab: &Lab| -> u64 {
+        let site = lab.vpn_sites().into_iter().find(|s| s.name == "a").unwrap();
+        let status = hinan_lab::lab::vpn::status(&site).expect("A's VPN status");
+        status["peers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == "c")
+            .and_then(|p| p["tx_bytes"].as_u64())
+            .unwrap_or_else(|| panic!("A's VPN names no peer c: {status}"))
+    };
     let boot = value(&report(&lab, &filled, "/cgi-bin/info"), "bootid");
+    let sent_before = a_to_c(&lab);
     let opts = MigrateOptions {
         over_segment: true,
         auto_converge: true,
@@ -127,6 +140,12 @@ fn filled_guests_boot_at_a_and_one_live_migrates_to_c_over_the_vpn() {
         processed.unwrap_or(0.0) >= f64::from(filled.fill_mib),
         "the migration carried less than the guest filled: {}",
         m.job_info
+    );
+    let through_vpn = (a_to_c(&lab) - sent_before) as f64 / 1048576.0;
+    eprintln!("A's VPN sent {through_vpn:.1} MiB to C during the migration");
+    assert!(
+        through_vpn >= f64::from(filled.fill_mib),
+        "the migration stream did not cross the VPN: {through_vpn:.1} MiB A->C"
     );
     assert_eq!(
         lab.where_running(&filled.name).unwrap().as_deref(),
