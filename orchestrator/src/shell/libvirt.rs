@@ -188,6 +188,22 @@ pub fn migration_request(settings: &MigrationSettings) -> (u32, MigrateParameter
     (flags, params)
 }
 
+/// The URI the source's libvirtd dials for a peer-to-peer migration.
+/// libvirt refuses a dconnuri without a host as "the same host" unless it
+/// names both the unix transport and a socket
+/// (`virDomainMigrateCheckNotLocal`), so `qemu:///system?socket=…` (a
+/// local daemon, the unix transport implied) becomes
+/// `qemu+unix:///system?socket=…`, which means the same. Others pass as
+/// they are.
+pub fn peer_uri(dest_uri: &str) -> String {
+    match dest_uri.split_once(":///") {
+        Some((scheme, rest)) if !scheme.contains('+') && dest_uri.contains("socket=") => {
+            format!("{scheme}+unix:///{rest}")
+        }
+        _ => dest_uri.to_owned(),
+    }
+}
+
 /// A running migration's stats (`virDomainGetJobStats` on the source),
 /// bytes and ms.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -492,7 +508,7 @@ impl Hypervisor for Libvirt {
                 let r = self.steer(&domain, settings, control, progress, &done, start);
                 *steered.lock().unwrap_or_else(|p| p.into_inner()) = r;
             });
-            let r = domain.migrate_to_uri3(Some(dest_uri), params, flags);
+            let r = domain.migrate_to_uri3(Some(&peer_uri(dest_uri)), params, flags);
             done.store(true, Ordering::SeqCst);
             r
         });
@@ -586,6 +602,21 @@ mod tests {
         assert_eq!(params.uri.as_deref(), Some("tcp://10.0.0.2:49152"));
         assert_eq!(params.bandwidth, Some(50));
         assert_eq!(params.parallel_connections, Some(4));
+    }
+
+    #[test]
+    fn a_local_socket_is_dialled_over_the_unix_transport() {
+        assert_eq!(
+            peer_uri("qemu:///system?socket=/tmp/l/site-b/run/libvirt/libvirt-sock"),
+            "qemu+unix:///system?socket=/tmp/l/site-b/run/libvirt/libvirt-sock"
+        );
+        for same in [
+            "qemu+unix:///system?socket=/s",
+            "qemu+tls://b1.example/system",
+            "qemu+ssh://root@b1/system",
+        ] {
+            assert_eq!(peer_uri(same), same);
+        }
     }
 
     #[test]
