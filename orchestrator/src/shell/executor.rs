@@ -11,7 +11,8 @@ use tokio::sync::mpsc;
 use crate::core::moves::{Encryption, MoveId, MoveProgress, MoveResult};
 use crate::core::node::MigrationOrder;
 use crate::shell::libvirt::{
-    DomainState, Hypervisor, HypervisorError, JobProgress, Libvirt, MigrationControl, MigrationSettings,
+    DomainState, Hypervisor, HypervisorError, JobProgress, Libvirt, MigrationControl,
+    MigrationSettings,
 };
 
 /// What a migration thread reports.

@@ -106,6 +106,8 @@ pub struct DomainReport {
     pub vcpus: u32,
     /// Whether the domain is defined persistently (survives a stop).
     pub persistent: bool,
+    /// The job running on it, if any: `migration out`, `migration in` or `job`.
+    pub job: Option<String>,
 }
 
 /// How a live migration runs (from the inventory's migration policy).
@@ -368,13 +370,16 @@ impl Libvirt {
             memory_kib: info.memory,
             vcpus: info.nr_virt_cpu,
             persistent: d.is_persistent().map_err(self.call("reading a domain"))?,
+            job: job_of(d),
         })
     }
 
     /// Whether a job (a migration) runs on domain `name` now.
     pub fn job_active(&self, name: &str) -> Result<bool, HypervisorError> {
         let d = self.lookup(name)?;
-        let info = d.get_job_info().map_err(self.call("reading a domain's job"))?;
+        let info = d
+            .get_job_info()
+            .map_err(self.call("reading a domain's job"))?;
         Ok(info.r#type != sys::VIR_DOMAIN_JOB_NONE as i32)
     }
 
@@ -467,6 +472,22 @@ impl Libvirt {
         let _ = conn.close();
         stats
     }
+}
+
+/// The job running on `d`, in words (none when it has none or it cannot be read).
+fn job_of(d: &Domain) -> Option<String> {
+    let stats = d.get_job_stats(0).ok()?;
+    if stats.r#type == sys::VIR_DOMAIN_JOB_NONE as i32 {
+        return None;
+    }
+    Some(
+        match stats.operation.map(|o| o as u32) {
+            Some(sys::VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT) => "migration out",
+            Some(sys::VIR_DOMAIN_JOB_OPERATION_MIGRATION_IN) => "migration in",
+            _ => "job",
+        }
+        .to_string(),
+    )
 }
 
 impl Drop for Libvirt {
