@@ -65,7 +65,16 @@ fn wait_end(a: &Appliance, id: &str, limit: Duration) -> Move {
 /// Runs `hinan ARGS` at appliance `a`; panics with its output if it fails.
 fn hinan(a: &Appliance, args: &[&str]) -> String {
     let (ok, out, err) = a.cli(args).expect("hinan runs");
-    assert!(ok, "hinan {args:?} failed:\n{out}\n{err}");
+    if !ok {
+        let log = std::fs::read_to_string(&a.log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!(
+            "hinan {args:?} failed:\n{out}\n{err}\n{}'s log ends:\n{}",
+            a.name,
+            tail.join("\n")
+        );
+    }
     eprintln!("$ hinan {}\n{out}", args.join(" "));
     out
 }

@@ -440,7 +440,7 @@ impl Libvirt {
             if Instant::now() >= next_read {
                 next_read += settings.progress_every;
                 // Fails before the job starts and after it ends; skip those.
-                if let Ok(stats) = domain.get_job_stats(0) {
+                if let Ok(stats) = virt_sys::job_stats(domain, 0) {
                     if stats.r#type != sys::VIR_DOMAIN_JOB_NONE as i32 {
                         let p = JobProgress::of(&stats, post_copy);
                         progress(&p);
@@ -468,7 +468,7 @@ impl Libvirt {
         let mut conn = Connect::open(Some(dest_uri)).ok()?;
         let stats = Domain::lookup_by_name(&conn, name)
             .ok()
-            .and_then(|d| d.get_job_stats(sys::VIR_DOMAIN_JOB_STATS_COMPLETED).ok());
+            .and_then(|d| virt_sys::job_stats(&d, sys::VIR_DOMAIN_JOB_STATS_COMPLETED).ok());
         let _ = conn.close();
         stats
     }
@@ -476,7 +476,7 @@ impl Libvirt {
 
 /// The job running on `d`, in words (none when it has none or it cannot be read).
 fn job_of(d: &Domain) -> Option<String> {
-    let stats = d.get_job_stats(0).ok()?;
+    let stats = virt_sys::job_stats(d, 0).ok()?;
     if stats.r#type == sys::VIR_DOMAIN_JOB_NONE as i32 {
         return None;
     }

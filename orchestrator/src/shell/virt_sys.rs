@@ -24,6 +24,39 @@ pub fn abort_job(domain: &Domain) -> Result<(), Error> {
     Ok(())
 }
 
+/// A domain's job stats (`virDomainGetJobStats`). `virt` 0.4's
+/// `Domain::get_job_stats` builds a `Vec` from libvirt's pointer even when
+/// libvirt returns none (a domain with no job gives a null pointer), which
+/// aborts the process, and it frees libvirt's memory with Rust's allocator;
+/// this copies the parameters and frees them with libvirt's own call.
+pub fn job_stats(domain: &Domain, flags: u32) -> Result<virt::domain::JobStats, Error> {
+    let mut kind: c_int = 0;
+    let mut params: sys::virTypedParameterPtr = std::ptr::null_mut();
+    let mut n: c_int = 0;
+    // SAFETY: `domain.as_ptr()` is live while `domain` is borrowed; the out
+    // pointers are to locals that outlive the call.
+    let ret = unsafe {
+        sys::virDomainGetJobStats(domain.as_ptr(), &mut kind, &mut params, &mut n, flags)
+    };
+    if ret < 0 {
+        return Err(Error::last_error());
+    }
+    let copied: Vec<sys::virTypedParameter> = if params.is_null() || n <= 0 {
+        Vec::new()
+    } else {
+        // SAFETY: libvirt returned `n` initialised parameters at `params`.
+        unsafe { std::slice::from_raw_parts(params, n as usize) }.to_vec()
+    };
+    // Copies the strings it keeps (libvirt's stay owned by `params`).
+    let stats = virt::domain::JobStats::from((kind, copied));
+    if !params.is_null() {
+        // SAFETY: `params` and `n` as libvirt returned them, freed once and
+        // not used after (the copies above hold no pointer that is read later).
+        unsafe { sys::virTypedParamsFree(params, n) };
+    }
+    Ok(stats)
+}
+
 /// Switches a running migration started with `VIR_MIGRATE_POSTCOPY` to
 /// post-copy: the guest runs at the destination from now on and pulls the
 /// pages it still lacks.
