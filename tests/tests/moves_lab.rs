@@ -282,6 +282,19 @@ fn migrate_cancel_failback_and_a_failure_at_two_campuses() {
             .count()
             >= 2
     );
+    assert_clean_teardown(lab);
+}
+
+/// Tears the lab down and asserts nothing of it is left: no namespace, no
+/// process (an incoming QEMU orphaned by a killed libvirtd included).
+fn assert_clean_teardown(mut lab: Lab) {
+    let footprint = lab.footprint();
+    let problems = lab.teardown();
+    let left = footprint.leftovers();
+    assert!(
+        left.is_empty(),
+        "left after teardown: {left:?} (clean-up said {problems:?})"
+    );
 }
 
 #[test]
@@ -418,4 +431,5 @@ fn evacuate_three_campuses_without_false_downs() {
         "{}",
         audit.join("\n")
     );
+    assert_clean_teardown(lab);
 }
