@@ -890,67 +890,76 @@ fn prune(state: &mut ClusterState) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::core::state::{Host, Site, StorageMode, Vm, VmCheck, VmSpec};
+    use crate::core::inventory::Inventory;
+    use crate::core::state::{Command, Host, Site, StorageMode, Vm, VmCheck, VmSpec};
     use proptest::prelude::*;
 
-    fn state(hosts: &[(&str, &str, u64)], vms: &[(&str, &str, u64)]) -> ClusterState {
-        let mut s = ClusterState::default();
+    /// An inventory of campuses a, b, c and witness w; `hosts` as (name,
+    /// site, MiB) with 16000 MHz, `libvirt_uri` `qemu:///NAME` and migration
+    /// addresses 10.70.0.2, .3, … in order; `vms` as (id, host, MiB) with
+    /// 1000 MHz, at home where they start; a 100 Mbit/s WAN link (half for
+    /// migrations) between every two campuses.
+    pub(crate) fn inventory(hosts: &[(&str, &str, u64)], vms: &[(&str, &str, u64)]) -> Inventory {
+        let mut inv = Inventory::default();
         for id in ["a", "b", "c", "w"] {
-            s.sites.insert(
-                id.into(),
-                Site {
-                    id: id.into(),
-                    location: None,
-                    witness: id == "w",
-                },
-            );
+            inv.sites.push(Site {
+                id: id.into(),
+                location: None,
+                witness: id == "w",
+            });
         }
-        for (name, site, mem) in hosts {
-            s.hosts.insert(
-                name.to_string(),
-                Host {
-                    name: name.to_string(),
-                    site: site.to_string(),
-                    cpu_mhz: 16000,
-                    memory_mib: *mem,
-                    libvirt_uri: format!("qemu:///{name}"),
-                    migration_address: "10.70.0.9".into(),
-                },
-            );
+        for (i, (name, site, mem)) in hosts.iter().enumerate() {
+            inv.hosts.push(Host {
+                name: name.to_string(),
+                site: site.to_string(),
+                cpu_mhz: 16000,
+                memory_mib: *mem,
+                libvirt_uri: format!("qemu:///{name}"),
+                migration_address: format!("10.70.0.{}", 2 + i),
+            });
         }
         for (i, (id, host, mem)) in vms.iter().enumerate() {
-            let site = s.hosts[*host].site.clone();
-            s.vms.insert(
-                id.to_string(),
-                Vm {
-                    id: id.to_string(),
-                    mac: format!("52:54:00:70:00:{:02x}", 0x10 + i),
-                    ip: format!("10.70.0.{}", 10 + i),
-                    priority: 1,
-                    site: site.clone(),
-                    host: host.to_string(),
-                    storage: StorageMode::Shared,
-                    check: VmCheck::default(),
-                    spec: VmSpec {
-                        vcpus: 1,
-                        cpu_mhz: 1000,
-                        memory_mib: *mem,
-                        domain_xml: String::new(),
-                        home_site: site,
-                        home_host: None,
-                    },
+            let site = hosts
+                .iter()
+                .find(|h| h.0 == *host)
+                .expect("a listed host")
+                .1;
+            inv.vms.push(Vm {
+                id: id.to_string(),
+                mac: format!("52:54:00:70:00:{:02x}", 0x10 + i),
+                ip: format!("10.70.0.{}", 10 + i),
+                priority: 1,
+                site: site.to_string(),
+                host: host.to_string(),
+                storage: StorageMode::Shared,
+                check: VmCheck::default(),
+                spec: VmSpec {
+                    vcpus: 1,
+                    cpu_mhz: 1000,
+                    memory_mib: *mem,
+                    domain_xml: String::new(),
+                    home_site: site.to_string(),
+                    home_host: None,
                 },
-            );
+            });
         }
         for (a, b) in [("a", "b"), ("a", "c"), ("b", "c")] {
-            s.wan.push(WanLink {
+            inv.wan.push(WanLink {
                 between: [a.into(), b.into()],
                 mbit: 100,
                 migration_share: 0.5,
             });
         }
+        inv
+    }
+
+    fn state(hosts: &[(&str, &str, u64)], vms: &[(&str, &str, u64)]) -> ClusterState {
+        let mut s = ClusterState::default();
+        let apply = Command::ApplyInventory(inventory(hosts, vms));
+        let ch = s.apply(1, &crate::core::state::tests::p(apply));
+        assert_eq!(ch.rejected, None);
         s
     }
 

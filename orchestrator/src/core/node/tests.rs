@@ -126,6 +126,19 @@ impl Cluster {
         }
     }
 
+    /// Hands node `id` one input (`f` calls the node) and delivers what follows.
+    fn input(
+        &mut self,
+        id: NodeId,
+        f: impl FnOnce(&mut Node, Now) -> Result<Vec<Effect>, NodeError>,
+    ) {
+        let at = self.at();
+        self.from = id;
+        let effects = f(self.nodes.get_mut(&id).unwrap(), at);
+        self.take(effects);
+        self.deliver();
+    }
+
     fn control(&mut self, at_node: NodeId, req: Request) -> CallId {
         self.next_call += 1;
         let call = self.next_call;
@@ -528,55 +541,12 @@ mod moves {
     //! and hand-over, through real Raft.
 
     use super::*;
-    use crate::core::inventory::Inventory;
     use crate::core::moves::{Intent, MovePhase, MoveProgress, MoveResult};
-    use crate::core::state::{Host, VmSpec, WanLink};
 
     fn inventory(vms: &[(&str, u64)]) -> Command {
-        let mut inv = Inventory::default();
-        for s in ["a", "b", "c"] {
-            inv.sites.push(Site {
-                id: s.into(),
-                location: None,
-                witness: false,
-            });
-            inv.hosts.push(Host {
-                name: format!("{s}1"),
-                site: s.into(),
-                cpu_mhz: 16000,
-                memory_mib: 4096,
-                libvirt_uri: format!("qemu:///{s}1"),
-                migration_address: format!("10.70.0.{}", 2 + (s.as_bytes()[0] - b'a')),
-            });
-        }
-        for (i, (id, mem)) in vms.iter().enumerate() {
-            inv.vms.push(Vm {
-                id: id.to_string(),
-                mac: format!("52:54:00:70:00:{:02x}", 0x10 + i),
-                ip: format!("10.70.0.{}", 10 + i),
-                priority: 1,
-                site: "a".into(),
-                host: "a1".into(),
-                storage: StorageMode::Shared,
-                check: VmCheck::default(),
-                spec: VmSpec {
-                    vcpus: 1,
-                    cpu_mhz: 1000,
-                    memory_mib: *mem,
-                    domain_xml: String::new(),
-                    home_site: "a".into(),
-                    home_host: None,
-                },
-            });
-        }
-        for (x, y) in [("a", "b"), ("a", "c"), ("b", "c")] {
-            inv.wan.push(WanLink {
-                between: [x.into(), y.into()],
-                mbit: 100,
-                migration_share: 0.5,
-            });
-        }
-        Command::ApplyInventory(inv)
+        let hosts = [("a1", "a", 4096), ("b1", "b", 4096), ("c1", "c", 4096)];
+        let vms: Vec<(&str, &str, u64)> = vms.iter().map(|(id, mem)| (*id, "a1", *mem)).collect();
+        Command::ApplyInventory(crate::core::moves::tests::inventory(&hosts, &vms))
     }
 
     fn setup(vms: &[(&str, u64)]) -> Cluster {
@@ -615,15 +585,7 @@ mod moves {
     }
 
     fn done(c: &mut Cluster, node: NodeId, id: &str, result: MoveResult) {
-        let at = c.at();
-        c.from = node;
-        let fx = c
-            .nodes
-            .get_mut(&node)
-            .unwrap()
-            .migration_done(id, result, at);
-        c.take(fx);
-        c.deliver();
+        c.input(node, |n, at| n.migration_done(id, result, at));
         c.run(Duration::from_millis(300));
     }
 
@@ -673,19 +635,12 @@ mod moves {
         let m = &c.state(3).moves[&o.id];
         assert_eq!((m.phase, m.executor), (MovePhase::Running, Some(1)));
 
-        let at = c.at();
-        c.from = 1;
         let p = MoveProgress {
             data_total: 1000,
             data_processed: 250,
             ..Default::default()
         };
-        let fx = c
-            .nodes
-            .get_mut(&1)
-            .unwrap()
-            .migration_progress(&o.id, p, at);
-        c.take(fx);
+        c.input(1, |n, at| n.migration_progress(&o.id, p, at));
         c.run(Duration::from_millis(300));
         assert_eq!(
             c.state(2).moves[&o.id].progress.as_ref().unwrap().percent(),
@@ -792,17 +747,11 @@ mod moves {
         let (_, id) = migrations(&c)[0].clone();
         // Node 1 dies; node 2 (the destination's) and node 3 see it down.
         c.drop = Box::new(|m| m.from == 1 || m.to == 1);
-        let down: BTreeMap<NodeId, PeerHealth> =
-            [(1, PeerHealth::Down), (3, PeerHealth::Up)].into();
-        let at = c.at();
-        c.from = 2;
-        let fx = c.nodes.get_mut(&2).unwrap().detected(vec![], down, at);
-        c.take(fx);
-        let down3: BTreeMap<NodeId, PeerHealth> =
-            [(1, PeerHealth::Down), (2, PeerHealth::Up)].into();
-        c.from = 3;
-        let fx = c.nodes.get_mut(&3).unwrap().detected(vec![], down3, at);
-        c.take(fx);
+        for (me, other) in [(2, 3), (3, 2)] {
+            let seen: BTreeMap<NodeId, PeerHealth> =
+                [(1, PeerHealth::Down), (other, PeerHealth::Up)].into();
+            c.input(me, |n, at| n.detected(vec![], seen, at));
+        }
         c.run(Duration::from_secs(4));
         let m = &c.state(2).moves[&id];
         assert_eq!(
