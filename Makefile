@@ -18,7 +18,7 @@ test:
 
 demo:
 	bash .ci/deps.sh demo
-	$(CARGO) build -p hinan-tests --bin hinan-lab
+	$(CARGO) build -p hinan-tests --bin hinan-lab -p hinan-orchestrator --bin hinan
 	$(LAB) demo
 
 # Benchmarks: hinan beside its peers, in one run on this machine (about 26 min
@@ -80,7 +80,7 @@ build:
 
 # Removes every lab on this machine, including ones left by crashed runs.
 lab-down:
-	$(CARGO) build -p hinan-tests --bin hinan-lab
+	$(CARGO) build -p hinan-tests --bin hinan-lab -p hinan-orchestrator --bin hinan
 	$(LAB) down
 
 fmt:

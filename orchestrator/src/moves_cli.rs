@@ -174,12 +174,13 @@ pub fn line(m: &Move) -> String {
             let pct = if m.progress.is_some() { p.percent() } else { 0 };
             let filled = (pct as usize * 20) / 100;
             format!(
-                "running  [{}{}] {:>3}%  {:.1}/{:.1} MiB  {:.1} MiB/s{}{}",
+                "running  [{}{}] {:>3}%  {:.1} of {:.1} MiB left, {:.1} MiB sent  {:.1} MiB/s{}{}",
                 "#".repeat(filled),
                 "-".repeat(20 - filled),
                 pct,
-                mib(p.data_processed),
+                mib(p.data_remaining),
                 mib(p.data_total),
+                mib(p.data_processed),
                 mib(p.mem_bps),
                 m.bandwidth_mib_s
                     .map(|b| format!(" (cap {b})"))

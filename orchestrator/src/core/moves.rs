@@ -81,11 +81,13 @@ pub struct MoveProgress {
 }
 
 impl MoveProgress {
-    /// How much of the memory has been sent, in percent (0–100).
+    /// How much of the memory is across, in percent (0–100): the part not
+    /// remaining. (Sent bytes overshoot the total when a guest dirties pages
+    /// that are sent again.)
     pub fn percent(&self) -> u64 {
         match self.data_total {
             0 => 0,
-            total => (self.data_processed.min(total) * 100) / total,
+            total => (total.saturating_sub(self.data_remaining) * 100) / total,
         }
     }
 }
@@ -1086,6 +1088,7 @@ pub(crate) mod tests {
         let p = MoveProgress {
             data_total: 100,
             data_processed: 40,
+            data_remaining: 60,
             ..Default::default()
         };
         assert!(

@@ -638,6 +638,7 @@ mod moves {
         let p = MoveProgress {
             data_total: 1000,
             data_processed: 250,
+            data_remaining: 750,
             ..Default::default()
         };
         c.input(1, |n, at| n.migration_progress(&o.id, p, at));
