@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
-use hinan_lab::lab::cluster::{Appliance, LabInventory};
+use hinan_lab::lab::cluster::{Appliance, Cluster, LabInventory};
 use hinan_lab::lab::vm::MigrateOptions;
 use hinan_lab::lab::wan::{self, LinkImpairment};
 use hinan_lab::lab::SegmentLink;
@@ -602,7 +602,7 @@ fn plan_for<'s>(state: &'s ClusterState, reason: &str) -> Result<&'s Plan> {
 }
 
 /// The audit entries about `plan` and its moves, with their time since `since`.
-fn print_audit(state: &ClusterState, plan: &Plan, since: SystemTime) {
+fn print_audit(state: &ClusterState, cluster: &Cluster, plan: &Plan, since: SystemTime) {
     let since_ms = since
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
@@ -610,10 +610,14 @@ fn print_audit(state: &ClusterState, plan: &Plan, since: SystemTime) {
     let move_marks: Vec<String> = plan.moves.iter().map(|m| format!("move {m} ")).collect();
     for e in &state.audit {
         if e.what.starts_with(&plan_mark) || move_marks.iter().any(|m| e.what.starts_with(m)) {
+            let by = cluster
+                .appliances
+                .iter()
+                .find(|a| a.id == e.by)
+                .map_or_else(|| format!("appliance {}", e.by), |a| a.name.clone());
             println!(
-                "  +{:>5.1} s  appliance {}: {}",
+                "  +{:>5.1} s  {by}: {}",
                 e.at_unix_ms.saturating_sub(since_ms) as f64 / 1000.0,
-                e.by,
                 e.what
             );
         }
@@ -742,7 +746,7 @@ fn demo(probe_json: Option<std::path::PathBuf>) -> Result<()> {
     hinan_show(&a, &["moves", "--all"])?;
 
     println!("\nstep 8: the audit log says why each guest moved, who drove it and how it ended:");
-    print_audit(&s, plan_for(&s, "operator: hinan evacuate a")?, evacuated_at);
+    print_audit(&s, &cluster, plan_for(&s, "operator: hinan evacuate a")?, evacuated_at);
 
     println!("\nstep 9: what the client saw of each guest while it moved:");
     watch_guests(&probes, 2)?;
@@ -762,7 +766,7 @@ fn demo(probe_json: Option<std::path::PathBuf>) -> Result<()> {
         "  home after {:.1} s; libvirt runs {at}",
         took.as_secs_f64()
     );
-    print_audit(&s, plan_for(&s, "operator: hinan failback")?, failback_at);
+    print_audit(&s, &cluster, plan_for(&s, "operator: hinan failback")?, failback_at);
     watch_guests(&probes, 2)?;
     let failback = report_guests(probes, &s)?;
 
