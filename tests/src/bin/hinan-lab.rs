@@ -480,6 +480,8 @@ fn hinan_live(a: &Appliance, args: &[&str]) -> Result<()> {
         .context("running hinan")?;
     loop {
         if let Some(status) = child.try_wait()? {
+            // Ctrl-C reaches hinan too.
+            interrupted()?;
             if !status.success() {
                 bail!("`hinan {}` failed ({status})", args.join(" "));
             }
@@ -633,6 +635,14 @@ struct DemoProbes {
 
 fn demo(probe_json: Option<std::path::PathBuf>) -> Result<()> {
     hinan_lab::lab::interrupt::install();
+    let result = demo_steps(probe_json);
+    if hinan_lab::lab::interrupt::requested() {
+        println!("\ninterrupted: the lab is torn down (namespaces, daemons and guests)");
+    }
+    result
+}
+
+fn demo_steps(probe_json: Option<std::path::PathBuf>) -> Result<()> {
     let started = Instant::now();
     println!("hinan demo: three campuses and a witness; hinan empties campus A of its guests");
     println!("by live migration while a client keeps using them, then brings them home.\n");
