@@ -19,6 +19,8 @@
 
 use std::time::{Duration, Instant};
 
+use hinan_lab::lab::sys;
+
 use hinan_lab::lab::capture::Capture;
 use hinan_lab::lab::cluster::{Appliance, LabInventory};
 use hinan_lab::lab::guest;
@@ -35,14 +37,29 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if let Some(v) = f() {
-            return v;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{what}: not within {limit:?}");
+    sys::wait_for(what, limit, Duration::from_millis(100), || Ok(f()))
+        .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// Waits until `vm`'s newest move runs and has sent something.
+fn wait_progress(a: &Appliance, vm: &str) -> Move {
+    wait_until(
+        "the migration to show progress",
+        Duration::from_secs(30),
+        || {
+            let m = latest_move(&a.state().ok()?, vm)?;
+            let sent = m.progress.as_ref().is_some_and(|p| p.data_processed > 0);
+            (m.phase == MovePhase::Running && sent).then_some(m)
+        },
+    )
+}
+
+/// Waits until move `id` has ended.
+fn wait_end(a: &Appliance, id: &str, limit: Duration) -> Move {
+    wait_until("the move to end", limit, || {
+        let m = a.state().ok()?.moves.get(id).cloned()?;
+        (!m.phase.is_active()).then_some(m)
+    })
 }
 
 /// Runs `hinan ARGS` at appliance `a`; panics with its output if it fails.
@@ -172,17 +189,7 @@ fn migrate_cancel_failback_and_a_failure_at_two_campuses() {
     let slow = LabInventory::of_lab(&lab.topo, 16, 0.5).vm(&lab.topo, &vm, "a", &image);
     apply(&a, &slow, &dir);
     hinan(&a, &["migrate", &vm.name, "--to", "a"]);
-    let m = wait_until(
-        "the migration back to show progress",
-        Duration::from_secs(30),
-        || {
-            let m = latest_move(&a.state().ok()?, &vm.name)?;
-            m.progress
-                .as_ref()
-                .is_some_and(|p| p.data_processed > 0)
-                .then_some(m)
-        },
-    );
+    let m = wait_progress(&a, &vm.name);
     assert_eq!(m.bandwidth_mib_s, Some(1), "{m:?}");
     let moves_out = hinan(&a, &["moves"]);
     assert!(
@@ -190,10 +197,8 @@ fn migrate_cancel_failback_and_a_failure_at_two_campuses() {
         "{moves_out}"
     );
     hinan(&a, &["cancel", &m.id]);
-    let m = wait_until("the move to end cancelled", Duration::from_secs(30), || {
-        let m = a.state().ok()?.moves.get(&m.id).cloned()?;
-        (!m.phase.is_active()).then_some(m)
-    });
+    let m = wait_end(&a, &m.id, Duration::from_secs(30));
+
     assert_eq!(m.phase, MovePhase::Cancelled, "{m:?}");
     assert!(
         runs_at(&lab, "b", &vm.name),
@@ -229,21 +234,10 @@ fn migrate_cancel_failback_and_a_failure_at_two_campuses() {
     .unwrap();
     apply(&a, &slow, &dir);
     hinan(&a, &["migrate", &vm.name, "--to", "b"]);
-    let m = wait_until(
-        "the migration to show progress",
-        Duration::from_secs(30),
-        || {
-            let m = latest_move(&a.state().ok()?, &vm.name)?;
-            (m.phase == MovePhase::Running
-                && m.progress.as_ref().is_some_and(|p| p.data_processed > 0))
-            .then_some(m)
-        },
-    );
+    let m = wait_progress(&a, &vm.name);
     kill_libvirtd(&lab, "b");
-    let m = wait_until("the move to fail", Duration::from_secs(60), || {
-        let m = a.state().ok()?.moves.get(&m.id).cloned()?;
-        (!m.phase.is_active()).then_some(m)
-    });
+    let m = wait_end(&a, &m.id, Duration::from_secs(60));
+
     eprintln!("failed move: {}", m.outcome);
     assert_eq!(m.phase, MovePhase::Failed, "{m:?}");
     assert!(m.outcome.contains("still runs at a1"), "{}", m.outcome);

@@ -387,6 +387,12 @@ pub fn plan(
                     Some(_) => {}
                 }
             }
+            if v.host.is_empty() {
+                return refuse(format!(
+                    "VM {vm}: the host it runs on is not known yet (no hypervisor at site {} has reported it running)",
+                    v.site
+                ));
+            }
             let here = &v.site == to_site && to_host.as_ref().is_none_or(|h| *h == v.host);
             if here {
                 return refuse(format!(
@@ -424,6 +430,9 @@ pub fn plan(
             for v in state.vms.values().filter(|v| &v.site == site) {
                 match active_move_of(state, &v.id) {
                     Some(m) => unplaced.push(format!("VM {} is already moving ({})", v.id, m.id)),
+                    None if v.host.is_empty() => {
+                        unplaced.push(format!("VM {}: the host it runs on is not known yet", v.id))
+                    }
                     None => vms.extend(demand(state, &v.id)),
                 }
             }
@@ -474,6 +483,10 @@ pub fn plan(
             for v in away {
                 if let Some(m) = active_move_of(state, &v.id) {
                     unplaced.push(format!("VM {} is already moving ({})", v.id, m.id));
+                    continue;
+                }
+                if v.host.is_empty() {
+                    unplaced.push(format!("VM {}: the host it runs on is not known yet", v.id));
                     continue;
                 }
                 let home = v.spec.home_site.clone();

@@ -62,6 +62,9 @@ pub struct RunningDomain {
     /// libvirt's state in words (`running`, `paused`, `shut off`…).
     pub state: String,
     pub memory_kib: u64,
+    /// The job running on it (`migration out`, `migration in`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
 }
 
 impl RunningDomain {
@@ -592,7 +595,18 @@ impl ClusterState {
                         )
                     })
                     .collect();
+                // A VM running on another host of its recorded site: that host is where it is.
+                let mut found = Vec::new();
+                for d in domains.iter().filter(|d| d.is_running()) {
+                    if let Some(vm) = self.vms.get_mut(&d.name) {
+                        if vm.site == site && vm.host != *host {
+                            vm.host = host.clone();
+                            found.push(format!("VM {} found running on host {host}", vm.id));
+                        }
+                    }
+                }
                 let running = domains.iter().filter(|d| d.is_running()).count();
+                let stray = [stray, found].concat();
                 Ok(Some(if stray.is_empty() {
                     format!(
                         "appliance {observer}: host {host} runs {running} of {} domains",
@@ -819,6 +833,7 @@ pub(crate) mod tests {
                 name: "lms1".into(),
                 state: state.into(),
                 memory_kib: 131072,
+                job: None,
             }],
         };
         let unknown = apply(&mut s, report("b1", "running"));
@@ -838,6 +853,14 @@ pub(crate) mod tests {
         let audit = s.audit.len();
         apply(&mut s, report("a1", "running"));
         assert!(s.domains["a1"][0].is_running());
+        // Registered on h1, found on a1 at the same site: a1 is where it is.
+        assert_eq!(s.vms["lms1"].host, "a1");
+        assert!(s
+            .audit
+            .last()
+            .unwrap()
+            .what
+            .contains("VM lms1 found running on host a1"));
         assert_eq!(s.audit.len(), audit + 1);
         // The same report again changes nothing and says nothing.
         apply(&mut s, report("a1", "running"));
