@@ -475,9 +475,7 @@ fn hinan_command(a: &Appliance, args: &[&str]) -> Result<std::process::Command> 
 /// terminal, where it draws its progress bars; ends it if the demo is
 /// interrupted.
 fn hinan_live(a: &Appliance, args: &[&str]) -> Result<()> {
-    let mut child = hinan_command(a, args)?
-        .spawn()
-        .context("running hinan")?;
+    let mut child = hinan_command(a, args)?.spawn().context("running hinan")?;
     loop {
         if let Some(status) = child.try_wait()? {
             // Ctrl-C reaches hinan too.
@@ -498,9 +496,7 @@ fn hinan_live(a: &Appliance, args: &[&str]) -> Result<()> {
 
 /// Runs `hinan ARGS` at appliance `a` and prints its output, indented.
 fn hinan_show(a: &Appliance, args: &[&str]) -> Result<()> {
-    let out = hinan_command(a, args)?
-        .output()
-        .context("running hinan")?;
+    let out = hinan_command(a, args)?.output().context("running hinan")?;
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         println!("    {line}");
     }
@@ -648,7 +644,9 @@ fn demo_steps(probe_json: Option<std::path::PathBuf>) -> Result<()> {
     println!("by live migration while a client keeps using them, then brings them home.\n");
 
     println!("step 1: building campuses A, B and C and the witness W (namespaces, Open vSwitch,");
-    println!("        libvirtd at each campus, hinan's L2 VPN joining their segments over the WAN)…");
+    println!(
+        "        libvirtd at each campus, hinan's L2 VPN joining their segments over the WAN)…"
+    );
     let t = Instant::now();
     let mut lab = Lab::up(&LabSpec {
         campuses: 3,
@@ -677,7 +675,9 @@ fn demo_steps(probe_json: Option<std::path::PathBuf>) -> Result<()> {
     interrupted()?;
 
     let guests = demo_guests();
-    println!("\nstep 3: booting three LMS guests at campus A, each filling its memory with random data…");
+    println!(
+        "\nstep 3: booting three LMS guests at campus A, each filling its memory with random data…"
+    );
     eprintln!("  preparing the guest image (cached after the first build)…");
     let image = guest::ensure()?;
     let t = Instant::now();
@@ -737,9 +737,13 @@ fn demo_steps(probe_json: Option<std::path::PathBuf>) -> Result<()> {
     let probes = probe_guests(&lab, &guests)?;
     watch_guests(&probes, 3)?;
 
-    println!("\nstep 6: campus A must be emptied: an operator asks hinan to evacuate it (in a later");
+    println!(
+        "\nstep 6: campus A must be emptied: an operator asks hinan to evacuate it (in a later"
+    );
     println!("        version an alert will ask). hinan places each guest at B or C and live-migrates it");
-    println!("        through libvirt's API, the stream inside its VPN; watch the moves' progress:");
+    println!(
+        "        through libvirt's API, the stream inside its VPN; watch the moves' progress:"
+    );
     let evacuated_at = SystemTime::now();
     let t = Instant::now();
     hinan_live(&a, &["evacuate", "a", "--wait"])?;
@@ -756,7 +760,12 @@ fn demo_steps(probe_json: Option<std::path::PathBuf>) -> Result<()> {
     hinan_show(&a, &["moves", "--all"])?;
 
     println!("\nstep 8: the audit log says why each guest moved, who drove it and how it ended:");
-    print_audit(&s, &cluster, plan_for(&s, "operator: hinan evacuate a")?, evacuated_at);
+    print_audit(
+        &s,
+        &cluster,
+        plan_for(&s, "operator: hinan evacuate a")?,
+        evacuated_at,
+    );
 
     println!("\nstep 9: what the client saw of each guest while it moved:");
     watch_guests(&probes, 2)?;
@@ -776,7 +785,12 @@ fn demo_steps(probe_json: Option<std::path::PathBuf>) -> Result<()> {
         "  home after {:.1} s; libvirt runs {at}",
         took.as_secs_f64()
     );
-    print_audit(&s, &cluster, plan_for(&s, "operator: hinan failback")?, failback_at);
+    print_audit(
+        &s,
+        &cluster,
+        plan_for(&s, "operator: hinan failback")?,
+        failback_at,
+    );
     watch_guests(&probes, 2)?;
     let failback = report_guests(probes, &s)?;
 
