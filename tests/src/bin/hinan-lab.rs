@@ -1,17 +1,20 @@
 //! `hinan-lab`: builds, shows, impairs and removes the two-campus lab, and runs
 //! the demo that `make demo` shows.
 
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
-use hinan_lab::lab::cluster::LabInventory;
+use hinan_lab::lab::cluster::{Appliance, Cluster, LabInventory};
 use hinan_lab::lab::vm::MigrateOptions;
 use hinan_lab::lab::wan::{self, LinkImpairment};
 use hinan_lab::lab::SegmentLink;
 use hinan_lab::lab::{guest, run};
-use hinan_lab::{Lab, LabSpec, Probe, ProbeSpec, VmSpec};
+use hinan_lab::{Lab, LabSpec, Probe, ProbeReport, ProbeSpec, VmSpec};
+use hinan_orchestrator::core::moves::Plan;
+use hinan_orchestrator::core::state::ClusterState;
 
 /// The id of the lab `hinan-lab up` builds and the other commands act on.
 const CLI_LAB: &str = "lab";
@@ -115,7 +118,9 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         interval_ms: u64,
     },
-    /// Build the lab, boot the LMS at A, probe it, live-migrate it to B, report, tear down.
+    /// Build three campuses and a witness with hinan's cluster, boot three
+    /// guests at A, have hinan evacuate A under a client probe per guest, show
+    /// its moves, audit log and the probes' reports, fail back, tear down.
     Demo {
         /// Write the probe's full report (JSON) here.
         #[arg(long)]
@@ -440,107 +445,363 @@ fn interrupted() -> Result<()> {
     Ok(())
 }
 
-fn watch(probe: &Probe, seconds: u64, label: &str) -> Result<()> {
-    for _ in 0..seconds {
-        std::thread::sleep(Duration::from_secs(1));
-        interrupted()?;
-        let (ok, failed) = probe.counts();
-        println!("  [{label}] probe: {ok} ok, {failed} failed");
+/// The guests of the demo: different sizes, memory filled with random data
+/// (the first also rewrites part of it while it moves).
+fn demo_guests() -> Vec<VmSpec> {
+    vec![
+        VmSpec::lms(1, 192, 96, 4),
+        VmSpec::lms(2, 160, 64, 0),
+        VmSpec::lms(3, 128, 32, 0),
+    ]
+}
+
+/// Capacity of each WAN link in the demo's inventory (and its token bucket).
+const DEMO_WAN_MBIT: u64 = 200;
+/// Share of a WAN link hinan's migrations may use.
+const DEMO_MIGRATION_SHARE: f64 = 0.5;
+
+/// `hinan -c CONFIG ARGS` for appliance `a`, printed as typed.
+fn hinan_command(a: &Appliance, args: &[&str]) -> Result<std::process::Command> {
+    println!("  $ hinan -c {} {}", a.config.display(), args.join(" "));
+    let mut cmd = std::process::Command::new(hinan_lab::lab::cluster::hinan_binary()?);
+    cmd.arg("-c")
+        .arg(&a.config)
+        .args(args)
+        .stdin(std::process::Stdio::null());
+    Ok(cmd)
+}
+
+/// Runs `hinan ARGS` at appliance `a` with its output straight on this
+/// terminal, where it draws its progress bars; ends it if the demo is
+/// interrupted.
+fn hinan_live(a: &Appliance, args: &[&str]) -> Result<()> {
+    let mut child = hinan_command(a, args)?.spawn().context("running hinan")?;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            // Ctrl-C reaches hinan too.
+            interrupted()?;
+            if !status.success() {
+                bail!("`hinan {}` failed ({status})", args.join(" "));
+            }
+            return Ok(());
+        }
+        if hinan_lab::lab::interrupt::requested() {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("interrupted");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs `hinan ARGS` at appliance `a` and prints its output, indented.
+fn hinan_show(a: &Appliance, args: &[&str]) -> Result<()> {
+    let out = hinan_command(a, args)?.output().context("running hinan")?;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        println!("    {line}");
+    }
+    if !out.status.success() {
+        bail!(
+            "`hinan {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
 
+/// One client probe per guest.
+fn probe_guests(lab: &Lab, guests: &[VmSpec]) -> Result<Vec<(String, Probe)>> {
+    guests
+        .iter()
+        .map(|g| {
+            Ok((
+                g.name.clone(),
+                Probe::start(&lab.topo.client.ns, ProbeSpec::new(&g.url()))?,
+            ))
+        })
+        .collect()
+}
+
+/// Prints each probe's counts once a second for `seconds`.
+fn watch_guests(probes: &[(String, Probe)], seconds: u64) -> Result<()> {
+    for _ in 0..seconds {
+        std::thread::sleep(Duration::from_secs(1));
+        interrupted()?;
+        let counts: Vec<String> = probes
+            .iter()
+            .map(|(name, p)| {
+                let (ok, failed) = p.counts();
+                format!("{name} {ok} ok/{failed} failed")
+            })
+            .collect();
+        println!("  probe: {}", counts.join(", "));
+    }
+    Ok(())
+}
+
+/// Stops the probes and prints one line per guest: where it runs now (as
+/// hinan's state says) and what its probe saw.
+fn report_guests(
+    probes: Vec<(String, Probe)>,
+    state: &ClusterState,
+) -> Result<BTreeMap<String, ProbeReport>> {
+    let mut reports = BTreeMap::new();
+    for (name, probe) in probes {
+        let r = probe.stop()?;
+        let at = state.vms.get(&name).map_or("?", |v| v.site.as_str());
+        println!(
+            "  {name} (now at {at}): {} requests, {} failed, longest outage {:.0} ms",
+            r.sent, r.failed, r.longest_outage_ms
+        );
+        reports.insert(name, r);
+    }
+    Ok(reports)
+}
+
+/// Tells the lab where each guest runs now that hinan moved them, so that
+/// its QEMU is found and stopped on clean-up; returns "lms1 at b, …".
+fn adopt_guests(lab: &mut Lab, guests: &[VmSpec], state: &ClusterState) -> Result<String> {
+    let mut at = Vec::new();
+    for g in guests {
+        let site = &state
+            .vms
+            .get(&g.name)
+            .with_context(|| format!("hinan's state has no {}", g.name))?
+            .site;
+        lab.adopt_vm(site, &g.name)?;
+        let libvirt = lab.where_running(&g.name)?;
+        if libvirt.as_deref() != Some(site.as_str()) {
+            bail!(
+                "hinan says {} is at {site}, libvirt runs it at {}",
+                g.name,
+                libvirt.as_deref().unwrap_or("no campus")
+            );
+        }
+        at.push(format!("{} at {site}", g.name));
+    }
+    Ok(at.join(", "))
+}
+
+/// The state's plan made for `reason` (e.g. `operator: hinan evacuate a`), newest first.
+fn plan_for<'s>(state: &'s ClusterState, reason: &str) -> Result<&'s Plan> {
+    state
+        .plans
+        .values()
+        .filter(|p| p.reason == reason)
+        .max_by_key(|p| {
+            p.moves
+                .iter()
+                .filter_map(|m| state.moves.get(m))
+                .map(|m| m.planned_at)
+                .max()
+        })
+        .with_context(|| format!("hinan's state has no plan for '{reason}'"))
+}
+
+/// The audit entries about `plan` and its moves, with their time since `since`.
+fn print_audit(state: &ClusterState, cluster: &Cluster, plan: &Plan, since: SystemTime) {
+    let since_ms = since
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let plan_mark = format!("plan {} ", plan.id);
+    let move_marks: Vec<String> = plan.moves.iter().map(|m| format!("move {m} ")).collect();
+    for e in &state.audit {
+        if e.what.starts_with(&plan_mark) || move_marks.iter().any(|m| e.what.starts_with(m)) {
+            let by = cluster
+                .appliances
+                .iter()
+                .find(|a| a.id == e.by)
+                .map_or_else(|| format!("appliance {}", e.by), |a| a.name.clone());
+            println!(
+                "  +{:>5.1} s  {by}: {}",
+                e.at_unix_ms.saturating_sub(since_ms) as f64 / 1000.0,
+                e.what
+            );
+        }
+    }
+}
+
+/// What `hinan-lab demo --probe-json` writes: each phase's probe report per guest.
+#[derive(Debug, serde::Serialize)]
+struct DemoProbes {
+    evacuate: BTreeMap<String, ProbeReport>,
+    failback: BTreeMap<String, ProbeReport>,
+}
+
 fn demo(probe_json: Option<std::path::PathBuf>) -> Result<()> {
     hinan_lab::lab::interrupt::install();
-    println!("hinan demo: two campuses, one LMS guest, a live migration under a client probe\n");
-    println!("step 1: building campus A and campus B (namespaces, Open vSwitch, libvirtd, hinan's L2 VPN each)…");
+    let result = demo_steps(probe_json);
+    if hinan_lab::lab::interrupt::requested() {
+        println!("\ninterrupted: the lab is torn down (namespaces, daemons and guests)");
+    }
+    result
+}
+
+fn demo_steps(probe_json: Option<std::path::PathBuf>) -> Result<()> {
+    let started = Instant::now();
+    println!("hinan demo: three campuses and a witness; hinan empties campus A of its guests");
+    println!("by live migration while a client keeps using them, then brings them home.\n");
+
+    println!("step 1: building campuses A, B and C and the witness W (namespaces, Open vSwitch,");
+    println!(
+        "        libvirtd at each campus, hinan's L2 VPN joining their segments over the WAN)…"
+    );
     let t = Instant::now();
-    let mut lab = Lab::up(&LabSpec::default())?;
+    let mut lab = Lab::up(&LabSpec {
+        campuses: 3,
+        witness: true,
+        ..LabSpec::default()
+    })?;
     println!("  done in {:.1} s", t.elapsed().as_secs_f64());
     print!("{}", lab.status());
     interrupted()?;
 
-    let vm = VmSpec::default();
+    println!("\nstep 2: starting a hinan appliance at A, B, C and W; they elect a leader and replicate one state…");
+    let t = Instant::now();
+    let cluster = lab.start_cluster("")?;
+    let a = cluster.get("a")?.clone();
+    let leader = a.status()?.raft.leader;
+    let leader = cluster
+        .appliances
+        .iter()
+        .find(|x| Some(x.id) == leader)
+        .map_or("?".to_string(), |x| x.name.clone());
     println!(
-        "\nstep 2: booting the LMS guest {} ({}) at campus A…",
-        vm.name, vm.ip
-    );
-    let boot = boot_lms(&mut lab, &vm)?;
-    println!(
-        "  answering HTTP {:.1} s after `virsh start`",
-        boot.as_secs_f64()
+        "  {} appliances agree on leader {leader} after {:.1} s",
+        cluster.appliances.len(),
+        t.elapsed().as_secs_f64()
     );
     interrupted()?;
 
+    let guests = demo_guests();
     println!(
-        "\nstep 3: the client probes {} every 50 ms (through campus A's edge)",
-        vm.url()
+        "\nstep 3: booting three LMS guests at campus A, each filling its memory with random data…"
     );
-    let probe = Probe::start(&lab.topo.client.ns, ProbeSpec::new(&vm.url()))?;
-    watch(&probe, 3, "before")?;
-
-    println!(
-        "\nstep 4: live migration A -> B with libvirt (stream over the WAN to {})…",
-        lab.campus("b")?.public_ip
-    );
-    let m = lab.migrate_vm(&vm.name, "a", "b")?;
-    println!("  migration finished in {:.2} s", m.wall.as_secs_f64());
-    for line in m.job_info.lines().filter(|l| {
-        l.contains("downtime") || l.contains("Time elapsed") || l.contains("Data processed")
-    }) {
+    eprintln!("  preparing the guest image (cached after the first build)…");
+    let image = guest::ensure()?;
+    let t = Instant::now();
+    for g in &guests {
+        lab.start_vm("a", g, &image)?;
+    }
+    for g in &guests {
+        lab.wait_http(&g.url(), Duration::from_secs(180))
+            .with_context(|| {
+                format!(
+                    "{} never answered; its console:\n{}",
+                    g.name,
+                    lab.console_tail("a", &g.name)
+                )
+            })?;
+        interrupted()?;
         println!(
-            "  {}",
-            line.split_whitespace().collect::<Vec<_>>().join(" ")
+            "  {} ({}, {} MiB, {} MiB filled{}) answers HTTP, {:.1} s after start",
+            g.name,
+            g.ip,
+            g.memory_mib,
+            g.fill_mib,
+            if g.dirty_mib > 0 {
+                format!(", rewriting {} MiB", g.dirty_mib)
+            } else {
+                String::new()
+            },
+            t.elapsed().as_secs_f64()
         );
     }
-    watch(&probe, 3, "after")?;
-    let report = probe.stop()?;
 
-    println!("\nstep 5: result");
-    let at_a = lab.campus("a")?.domstate(&vm.name)?;
-    let at_b = lab.campus("b")?.domstate(&vm.name)?;
     println!(
-        "  libvirtd at A reports: {}",
-        at_a.as_deref().unwrap_or("not defined")
+        "\nstep 4: telling hinan about the lab: sites, hosts, the guests, WAN links of {DEMO_WAN_MBIT} Mbit/s of which migrations may use {:.0} %…",
+        DEMO_MIGRATION_SHARE * 100.0
     );
-    println!(
-        "  libvirtd at B reports: {}",
-        at_b.as_deref().unwrap_or("not defined")
-    );
-    println!("  probe: {}", report.summary());
-    println!(
-        "  longest outage: {:.0} ms, failed requests: {}",
-        report.longest_outage_ms, report.failed
-    );
-    for site in lab.vpn_sites() {
-        let status = hinan_lab::lab::vpn::status(&site)?;
-        let peer = &status["peers"][0];
-        println!(
-            "  hinan vpn at {}: {} frames out to {}, {} in; last handshake {:.1} s ago",
-            site.name,
-            peer["tx_packets"],
-            peer["name"].as_str().unwrap_or("?"),
-            peer["rx_packets"],
-            peer["last_handshake_secs"].as_f64().unwrap_or(f64::NAN)
-        );
-        for event in status["recent_events"].as_array().into_iter().flatten() {
-            if event[1]["mac"] == vm.mac.as_str() {
-                println!(
-                    "    MAC {} moved from {} to {} (the guest, {:.1} s after the VPN started)",
-                    vm.mac,
-                    event[1]["from"].as_str().unwrap_or("?"),
-                    event[1]["to"].as_str().unwrap_or("?"),
-                    event[0].as_f64().unwrap_or(f64::NAN)
-                );
-            }
-        }
+    let mut inv = LabInventory::of_lab(&lab.topo, DEMO_WAN_MBIT, DEMO_MIGRATION_SHARE);
+    for g in &guests {
+        inv = inv.vm(&lab.topo, g, "a", &image);
     }
+    let file = inv.write(&lab.run.path.join("inventory"))?;
+    hinan_show(&a, &["apply", &file.to_string_lossy()])?;
+    let mut limited = lab.wan_state();
+    for c in &lab.topo.campuses {
+        limited.set_link(
+            &c.name,
+            LinkImpairment {
+                rate_mbit: Some(DEMO_WAN_MBIT as u32),
+                ..Default::default()
+            },
+        );
+    }
+    wan::apply(&mut lab, &limited)?;
+    println!("  the WAN really is that: {}", limited.describe());
+    interrupted()?;
+
+    println!("\nstep 5: the client requests each guest's page every 50 ms, entering through campus A's edge…");
+    let probes = probe_guests(&lab, &guests)?;
+    watch_guests(&probes, 3)?;
+
+    println!(
+        "\nstep 6: campus A must be emptied: an operator asks hinan to evacuate it (in a later"
+    );
+    println!("        version an alert will ask). hinan places each guest at B or C and live-migrates it");
+    println!(
+        "        through libvirt's API, the stream inside its VPN; watch the moves' progress:"
+    );
+    let evacuated_at = SystemTime::now();
+    let t = Instant::now();
+    hinan_live(&a, &["evacuate", "a", "--wait"])?;
+    let took = t.elapsed();
+    let s = a.state()?;
+    let at = adopt_guests(&mut lab, &guests, &s)?;
+    println!(
+        "  campus A is empty after {:.1} s; libvirt runs {at}",
+        took.as_secs_f64()
+    );
+    interrupted()?;
+
+    println!("\nstep 7: every move hinan made, as its replicated state keeps them:");
+    hinan_show(&a, &["moves", "--all"])?;
+
+    println!("\nstep 8: the audit log says why each guest moved, who drove it and how it ended:");
+    print_audit(
+        &s,
+        &cluster,
+        plan_for(&s, "operator: hinan evacuate a")?,
+        evacuated_at,
+    );
+
+    println!("\nstep 9: what the client saw of each guest while it moved:");
+    watch_guests(&probes, 2)?;
+    let evacuate = report_guests(probes, &a.state()?)?;
+
+    println!("\nstep 10: campus A is back; hinan fails every guest back to its home site, under the probe again:");
+    let probes = probe_guests(&lab, &guests)?;
+    std::thread::sleep(Duration::from_secs(1));
+    interrupted()?;
+    let failback_at = SystemTime::now();
+    let t = Instant::now();
+    hinan_live(&a, &["failback", "--wait"])?;
+    let took = t.elapsed();
+    let s = a.state()?;
+    let at = adopt_guests(&mut lab, &guests, &s)?;
+    println!(
+        "  home after {:.1} s; libvirt runs {at}",
+        took.as_secs_f64()
+    );
+    print_audit(
+        &s,
+        &cluster,
+        plan_for(&s, "operator: hinan failback")?,
+        failback_at,
+    );
+    watch_guests(&probes, 2)?;
+    let failback = report_guests(probes, &s)?;
+
     if let Some(path) = probe_json {
-        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
-        println!("  full probe report: {}", path.display());
+        let all = DemoProbes { evacuate, failback };
+        std::fs::write(&path, serde_json::to_vec_pretty(&all)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("  every probe's full report: {}", path.display());
     }
 
-    println!("\nstep 6: tearing the lab down");
+    println!("\nstep 11: tearing the lab down");
     let footprint = lab.footprint();
     let mut problems = lab.teardown();
     problems.extend(footprint.leftovers());
@@ -552,6 +813,7 @@ fn demo(probe_json: Option<std::path::PathBuf>) -> Result<()> {
         footprint.namespaces.len(),
         footprint.processes.len()
     );
+    println!("\nthe demo took {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
