@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use hinan_lab::lab::cluster::{write_lab_inventory, Appliance};
 use hinan_lab::lab::{guest, MIGRATION_PORT};
 use hinan_lab::{Lab, LabSpec, VmSpec};
-use hinan_orchestrator::shell::libvirt::{Hypervisor, Libvirt, MigrationSettings};
+use hinan_orchestrator::shell::libvirt::{
+    Hypervisor, Libvirt, MigrationControl, MigrationSettings,
+};
 
 fn runs_on(w: &Appliance, host: &str, vm: &str) -> bool {
     w.state()
@@ -78,8 +80,14 @@ fn what_runs_on_each_campus_is_read_from_libvirt_and_replicated() {
         stream_uri: Some(format!("tcp://{}:{MIGRATION_PORT}", b.public_ip)),
         ..Default::default()
     };
-    hv_a.migrate(&vm.name, &hv_b, &settings)
-        .expect("live migration A -> B");
+    hv_a.migrate(
+        &vm.name,
+        hv_b.uri(),
+        &settings,
+        &MigrationControl::new(),
+        &|_| {},
+    )
+    .expect("live migration A -> B");
     lab.adopt_vm("b", &vm.name).unwrap();
     let moved = wait_until(
         "lms1 running on b1, gone from a1",

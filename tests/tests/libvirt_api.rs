@@ -6,14 +6,19 @@
 //! back in the clear shows it. Needs root, Open vSwitch and libvirt (installed
 //! by `make test`).
 
-use std::time::Duration;
+use std::sync::{mpsc, Mutex};
+use std::time::{Duration, Instant};
 
 use hinan_lab::lab::capture::Capture;
 use hinan_lab::lab::{guest, MIGRATION_PORT};
 use hinan_lab::{Lab, LabSpec, Probe, ProbeSpec, VmSpec};
 use hinan_orchestrator::shell::libvirt::{
-    DomainState, Hypervisor, HypervisorError, Libvirt, MigrationSettings,
+    DomainState, Hypervisor, HypervisorError, JobProgress, Libvirt, MigrationControl,
+    MigrationSettings,
 };
+use hinan_orchestrator::shell::virt_sys::LifecycleKind;
+
+fn no_progress(_: &JobProgress) {}
 
 /// Bytes every Linux guest holds in its memory: the kernel's banner.
 const GUEST_MEMORY_MARK: &[u8] = b"Linux version ";
@@ -50,7 +55,13 @@ fn hinan_sees_what_runs_and_live_migrates_through_libvirts_api_encrypted() {
     assert!(at_b.domains().unwrap().iter().all(|d| d.name != vm.name));
 
     // Refusals in words, changing nothing.
-    let none = at_a.migrate("no-such-vm", &at_b, &MigrationSettings::default());
+    let none = at_a.migrate(
+        "no-such-vm",
+        at_b.uri(),
+        &MigrationSettings::default(),
+        &MigrationControl::new(),
+        &no_progress,
+    );
     assert!(
         matches!(none, Err(HypervisorError::NoSuchDomain { .. })),
         "{none:?}"
@@ -64,7 +75,8 @@ fn hinan_sees_what_runs_and_live_migrates_through_libvirts_api_encrypted() {
     let probe = Probe::start(&lab.topo.client.ns, ProbeSpec::new(&vm.url())).unwrap();
     std::thread::sleep(Duration::from_secs(1));
     // To B's address on the segment: through the VPN, inside WireGuard.
-    // Both migrations are capped at 50 MiB/s, so that tcpdump keeps up.
+    // The migrations are capped (50 MiB/s here, 20 back in the clear) so
+    // that tcpdump keeps up on a loaded machine.
     let settings = MigrationSettings {
         stream_uri: Some(format!("tcp://{}:{MIGRATION_PORT}", b.inside_ip)),
         bandwidth_mib_s: Some(50),
@@ -74,9 +86,25 @@ fn hinan_sees_what_runs_and_live_migrates_through_libvirts_api_encrypted() {
     let wan = lab.topo.wan_ns.clone();
     let pcap = lab.run.path.join("wan-to-b.pcap");
     let capture = Capture::start(&wan, "to-b", "", &pcap).expect("a capture on the WAN");
+    // B's lifecycle events, through libvirt's event loop.
+    let (events_tx, events) = mpsc::channel();
+    let events_tx = Mutex::new(events_tx);
+    let _watch = at_b
+        .watch_lifecycle(move |e| {
+            let _ = events_tx.lock().unwrap().send(e);
+        })
+        .expect("B's lifecycle events");
+    let seen = Mutex::new(Vec::<JobProgress>::new());
     let outcome = at_a
-        .migrate(&vm.name, &at_b, &settings)
+        .migrate(
+            &vm.name,
+            at_b.uri(),
+            &settings,
+            &MigrationControl::new(),
+            &|p: &JobProgress| seen.lock().unwrap().push(p.clone()),
+        )
         .expect("live migration A -> B through the API");
+    let seen = seen.into_inner().unwrap();
     let on_the_wan = std::fs::read(capture.finish()).unwrap();
     lab.adopt_vm("b", &vm.name).unwrap();
     std::thread::sleep(Duration::from_secs(2));
@@ -87,6 +115,32 @@ fn hinan_sees_what_runs_and_live_migrates_through_libvirts_api_encrypted() {
         outcome.downtime_ms,
         outcome.data_total,
         report.summary()
+    );
+
+    // Progress arrived while it ran, with the bytes sent growing.
+    let processed: Vec<u64> = seen.iter().map(|p| p.data_processed).collect();
+    eprintln!(
+        "{} progress reports, data_processed {:?}",
+        seen.len(),
+        processed
+    );
+    assert!(seen.len() >= 2, "progress reports: {seen:?}");
+    assert!(
+        processed.windows(2).all(|w| w[0] <= w[1]) && processed.last() > processed.first(),
+        "data_processed did not grow: {processed:?}"
+    );
+    // B said it started (or resumed) the guest.
+    let started = events
+        .try_iter()
+        .filter(|e| e.domain == vm.name)
+        .map(|e| e.kind)
+        .collect::<Vec<_>>();
+    eprintln!("lifecycle events at B for {}: {started:?}", vm.name);
+    assert!(
+        started
+            .iter()
+            .any(|k| matches!(k, LifecycleKind::Started | LifecycleKind::Resumed)),
+        "no started/resumed event at B: {started:?}"
     );
 
     // After: B runs it, persistently; A no longer knows it.
@@ -125,13 +179,21 @@ fn hinan_sees_what_runs_and_live_migrates_through_libvirts_api_encrypted() {
     // address, shows its memory on the WAN.
     let clear = MigrationSettings {
         stream_uri: Some(format!("tcp://{}:{MIGRATION_PORT}", a.public_ip)),
-        bandwidth_mib_s: Some(50),
+        bandwidth_mib_s: Some(20),
         ..Default::default()
     };
     let pcap = lab.run.path.join("wan-to-a.pcap");
     let capture = Capture::start(&wan, "to-a", "tcp", &pcap).expect("a capture on the WAN");
-    at_b.migrate(&vm.name, &at_a, &clear)
+    let back = at_b
+        .migrate(
+            &vm.name,
+            at_a.uri(),
+            &clear,
+            &MigrationControl::new(),
+            &no_progress,
+        )
         .expect("live migration B -> A in the clear");
+    eprintln!("migration back in the clear: {back:?}");
     let in_the_clear = std::fs::read(capture.finish()).unwrap();
     lab.adopt_vm("a", &vm.name).unwrap();
     assert!(
@@ -139,4 +201,57 @@ fn hinan_sees_what_runs_and_live_migrates_through_libvirts_api_encrypted() {
         "the control failed: no guest memory seen in a migration in the clear ({} bytes captured)",
         in_the_clear.len()
     );
+
+    // A migration slowed to 1 MiB/s (it would take minutes), cancelled
+    // after 2 s, then one that times out after 2 s: both abort promptly and
+    // leave the guest running and answering at A, unknown at B.
+    let slow = MigrationSettings {
+        stream_uri: Some(format!("tcp://{}:{MIGRATION_PORT}", b.inside_ip)),
+        bandwidth_mib_s: Some(1),
+        ..Default::default()
+    };
+    let control = MigrationControl::new();
+    let start = Instant::now();
+    let cancelled = std::thread::scope(|s| {
+        let c = control.clone();
+        s.spawn(move || {
+            std::thread::sleep(Duration::from_secs(2));
+            c.cancel();
+        });
+        at_a.migrate(&vm.name, at_b.uri(), &slow, &control, &no_progress)
+    });
+    let cancel_took = start.elapsed();
+    let timed = MigrationSettings {
+        timeout: Some(Duration::from_secs(2)),
+        ..slow.clone()
+    };
+    let ran_at_a_between = at_a.domain(&vm.name).map(|d| d.state);
+    let start = Instant::now();
+    let timed_out = at_a.migrate(
+        &vm.name,
+        at_b.uri(),
+        &timed,
+        &MigrationControl::new(),
+        &no_progress,
+    );
+    let timeout_took = start.elapsed();
+    eprintln!("cancel: {cancelled:?} after {cancel_took:?}; timeout: {timed_out:?} after {timeout_took:?}");
+    assert!(
+        matches!(cancelled, Err(HypervisorError::Cancelled { .. })),
+        "{cancelled:?}"
+    );
+    assert!(cancel_took < Duration::from_secs(6), "{cancel_took:?}");
+    assert_eq!(ran_at_a_between, Ok(DomainState::Running));
+    assert!(
+        matches!(timed_out, Err(HypervisorError::TimedOut { .. })),
+        "{timed_out:?}"
+    );
+    assert!(timeout_took < Duration::from_secs(6), "{timeout_took:?}");
+    assert_eq!(
+        at_a.domain(&vm.name).map(|d| d.state),
+        Ok(DomainState::Running)
+    );
+    assert!(at_b.domains().unwrap().iter().all(|d| d.name != vm.name));
+    lab.wait_http(&vm.url(), Duration::from_secs(10))
+        .expect("the guest still answers at A");
 }

@@ -62,6 +62,9 @@ pub struct RunningDomain {
     /// libvirt's state in words (`running`, `paused`, `shut off`…).
     pub state: String,
     pub memory_kib: u64,
+    /// The job running on it (`migration out`, `migration in`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
 }
 
 impl RunningDomain {
@@ -830,6 +833,7 @@ pub(crate) mod tests {
                 name: "lms1".into(),
                 state: state.into(),
                 memory_kib: 131072,
+                job: None,
             }],
         };
         let unknown = apply(&mut s, report("b1", "running"));

@@ -98,36 +98,49 @@ impl Effects<'_> {
     }
 }
 
-/// How often the site's hypervisors are read.
+/// How often the site's hypervisors are read (sooner when libvirt reports a
+/// lifecycle event: a domain started, stopped, migrated…).
 const HYPERVISOR_POLL: Duration = Duration::from_secs(2);
 
-/// Reads what the hypervisors of `site` hold, every [`HYPERVISOR_POLL`], on a
-/// thread of its own (libvirt calls block), and hands each host's domains to
-/// the node's loop. Which hosts, and their URIs, follow the replicated
-/// inventory.
+/// Reads what the hypervisors of `site` hold, every [`HYPERVISOR_POLL`] and
+/// at once after a lifecycle event, on a thread of its own (libvirt calls
+/// block), and hands each host's domains to the node's loop. Which hosts,
+/// and their URIs, follow the replicated inventory.
 fn read_hypervisors(
     site: String,
     watch: crate::shell::watch::StateWatch,
     tx: mpsc::Sender<(String, Vec<RunningDomain>)>,
 ) -> std::io::Result<()> {
     use crate::shell::libvirt::{Hypervisor, Libvirt};
+    use crate::shell::virt_sys::LifecycleWatch;
     std::thread::Builder::new()
         .name("hypervisors".into())
         .spawn(move || {
-            let mut open: HashMap<String, Libvirt> = HashMap::new();
+            let (ev_tx, ev_rx) = std::sync::mpsc::sync_channel::<()>(1);
+            let mut open: HashMap<String, (Libvirt, Option<LifecycleWatch>)> = HashMap::new();
             let mut failing: HashMap<String, String> = HashMap::new();
             loop {
                 let state = watch.current();
                 for (host, uri) in crate::adapt::hypervisors::local(&state, &site) {
-                    let read = match open.get(&uri) {
-                        Some(l) => l.domains(),
-                        None => Libvirt::open(&uri).and_then(|l| {
-                            let d = l.domains();
-                            open.insert(uri.clone(), l);
-                            d
-                        }),
-                    };
-                    match read {
+                    if !open.contains_key(&uri) {
+                        match Libvirt::open(&uri) {
+                            Ok(l) => {
+                                let ev = ev_tx.clone();
+                                let events = l
+                                    .watch_lifecycle(move |_| {
+                                        let _ = ev.try_send(());
+                                    })
+                                    .map_err(|e| tracing::warn!(%host, "no lifecycle events: {e}"))
+                                    .ok();
+                                open.insert(uri.clone(), (l, events));
+                            }
+                            Err(e) => {
+                                note_failure(&mut failing, &host, e.to_string());
+                                continue;
+                            }
+                        }
+                    }
+                    match open[&uri].0.domains() {
                         Ok(domains) => {
                             if failing.remove(&host).is_some() {
                                 tracing::info!(%host, "hypervisor answers again");
@@ -138,6 +151,7 @@ fn read_hypervisors(
                                     name: d.name,
                                     state: d.state.to_string(),
                                     memory_kib: d.memory_kib,
+                                    job: d.job,
                                 })
                                 .collect();
                             if tx.blocking_send((host, domains)).is_err() {
@@ -146,18 +160,25 @@ fn read_hypervisors(
                         }
                         Err(e) => {
                             open.remove(&uri);
-                            let e = e.to_string();
-                            if failing.get(&host) != Some(&e) {
-                                tracing::warn!(%host, "cannot read the hypervisor: {e}");
-                                failing.insert(host, e);
-                            }
+                            note_failure(&mut failing, &host, e.to_string());
                         }
                     }
                 }
-                std::thread::sleep(HYPERVISOR_POLL);
+                let _ = ev_rx.recv_timeout(HYPERVISOR_POLL);
+                // Let a burst of events settle into one read.
+                std::thread::sleep(Duration::from_millis(100));
+                while ev_rx.try_recv().is_ok() {}
             }
         })
         .map(drop)
+}
+
+/// Logs a hypervisor's failure once per distinct error.
+fn note_failure(failing: &mut HashMap<String, String>, host: &str, e: String) {
+    if failing.get(host) != Some(&e) {
+        tracing::warn!(%host, "cannot read the hypervisor: {e}");
+        failing.insert(host.to_string(), e);
+    }
 }
 
 fn health_snapshot(

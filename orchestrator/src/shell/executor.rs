@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::core::moves::{MoveId, MoveProgress, MoveResult};
+use crate::core::moves::{Encryption, MoveId, MoveProgress, MoveResult};
 use crate::core::node::MigrationOrder;
 use crate::shell::libvirt::{
-    DomainState, HypervisorError, JobProgress, Libvirt, MigrationControl, MigrationSettings,
+    DomainState, Hypervisor, HypervisorError, JobProgress, Libvirt, MigrationControl,
+    MigrationSettings,
 };
 
 /// What a migration thread reports.
@@ -117,17 +118,17 @@ impl Executor {
 
 /// The libvirt settings of an order.
 pub fn settings(order: &MigrationOrder) -> MigrationSettings {
+    let p = &order.policy;
     MigrationSettings {
         stream_uri: order.stream_uri.clone(),
         bandwidth_mib_s: order.bandwidth_mib_s,
-        max_downtime_ms: Some(order.max_downtime_ms),
-        auto_converge: order.auto_converge,
+        max_downtime_ms: Some(p.max_downtime_ms),
+        auto_converge: p.auto_converge,
         post_copy: order.post_copy,
-        compression: order.compression,
-        parallel_connections: (order.parallel_connections > 1)
-            .then_some(order.parallel_connections),
-        tls: order.tls,
-        timeout: Some(Duration::from_secs(order.timeout_s)),
+        compression: p.compression,
+        parallel_connections: (p.parallel_connections > 1).then_some(p.parallel_connections),
+        tls: p.encryption == Encryption::Tls,
+        timeout: Some(Duration::from_secs(p.timeout_s)),
         ..MigrationSettings::default()
     }
 }
@@ -233,7 +234,7 @@ fn at_source(src: &Libvirt, vm: &str, host: &str) -> String {
 /// A taken-over move: wait for a job still running at the source, then see
 /// where the VM runs.
 fn resolve(order: &MigrationOrder) -> MoveResult {
-    let limit = Instant::now() + Duration::from_secs(order.timeout_s);
+    let limit = Instant::now() + Duration::from_secs(order.policy.timeout_s);
     loop {
         if confirm_at(&order.dest_uri, &order.vm).is_ok() {
             return MoveResult::Done {

@@ -14,4 +14,5 @@ pub mod logstore;
 pub mod signals;
 pub mod tls;
 pub mod transport;
+pub mod virt_sys;
 pub mod watch;

@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{Effect, Node, NodeError};
 use crate::core::detect::PeerHealth;
-use crate::core::moves::{self, Encryption, Move, MoveId, MovePhase, MoveProgress, MoveResult};
+use crate::core::moves::{
+    self, Encryption, MigrationPolicy, Move, MoveId, MovePhase, MoveProgress, MoveResult,
+};
 use crate::core::state::{ClusterState, Command, NodeId, VmId};
 
 /// Progress is committed at most this often per move ("a few times a second").
@@ -31,15 +33,11 @@ pub struct MigrationOrder {
     pub dest_uri: String,
     /// Where the stream goes (`tcp://ADDRESS`; libvirt picks the port).
     pub stream_uri: Option<String>,
-    /// libvirt's TLS for the stream.
-    pub tls: bool,
     pub bandwidth_mib_s: Option<u64>,
-    pub max_downtime_ms: u64,
-    pub auto_converge: bool,
+    /// Post-copy may be used for this move.
     pub post_copy: bool,
-    pub compression: bool,
-    pub parallel_connections: u32,
-    pub timeout_s: u64,
+    /// How migrations run (the inventory's `[migration]` table).
+    pub policy: MigrationPolicy,
 }
 
 impl MigrationOrder {
@@ -82,14 +80,9 @@ impl MigrationOrder {
             dest_host: dst.name.clone(),
             dest_uri: dst.libvirt_uri.clone(),
             stream_uri,
-            tls: p.encryption == Encryption::Tls,
             bandwidth_mib_s: m.bandwidth_mib_s,
-            max_downtime_ms: p.max_downtime_ms,
-            auto_converge: p.auto_converge,
             post_copy: m.post_copy,
-            compression: p.compression,
-            parallel_connections: p.parallel_connections,
-            timeout_s: p.timeout_s,
+            policy: p.clone(),
         })
     }
 }
