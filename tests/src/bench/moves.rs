@@ -15,16 +15,19 @@
 //!   start until it returns (the move is done in the replicated state). The
 //!   move's outcome gives libvirt's side: the executor's migration call,
 //!   QEMU's downtime and the data libvirt counted.
-//! * **virsh**: `virsh migrate` with the flags hinan's executor gives libvirt
-//!   (`shell::executor::settings` and `shell::libvirt`): live, peer to peer,
-//!   persistent at the destination, undefined at the source, the policy's
-//!   auto-converge (and compression and parallel connections, if set), the
-//!   bandwidth the hinan move was given, the policy's maximum downtime
-//!   (`virsh migrate-setmaxdowntime` first, as hinan sets it before the
-//!   job), and the stream to the destination's address on the service
-//!   segment (`tcp://INSIDE_IP`, libvirt picks the port), so both cross the
-//!   WAN inside hinan's VPN. `virsh domjobinfo --completed` at the
-//!   destination gives libvirt's side.
+//! * **virsh**: `virsh migrate` asking libvirt for what hinan's executor
+//!   asks it for: the flags and parameters `shell::libvirt::migration_request`
+//!   makes of `shell::executor::settings` for the order hinan would build for
+//!   the same move ([`VirshMigration::of`]): live, peer to peer, persistent
+//!   at the destination, undefined at the source, the policy's
+//!   auto-converge, the cap of the hinan move before it, the stream to the
+//!   destination's address on the service segment (`tcp://INSIDE_IP`, so
+//!   both cross the WAN inside hinan's VPN), the same peer URI; and the
+//!   policy's maximum downtime, set with `virsh migrate-setmaxdowntime`
+//!   before the job as the executor sets it. (The executor's abort after
+//!   the policy's `timeout_s` has no virsh equivalent; no run comes near
+//!   it.) `virsh domjobinfo --completed` at the destination gives libvirt's
+//!   side.
 //!
 //! Reported per run and as medians per driver: the wall time, libvirt's
 //! migration time, downtime, data, and the achieved rate (data over
@@ -44,8 +47,11 @@ use crate::lab::vm::job_info_mib;
 use crate::lab::wan::{self, LinkImpairment, WanState};
 use crate::lab::{Lab, LabSpec};
 use crate::VmSpec;
-use hinan_orchestrator::core::moves::{Encryption, MigrationPolicy, Move, MovePhase};
+use hinan_orchestrator::core::moves::{Move, MovePhase};
+use hinan_orchestrator::core::node::MigrationOrder;
 use hinan_orchestrator::core::state::ClusterState;
+use hinan_orchestrator::shell::executor;
+use hinan_orchestrator::shell::libvirt::{migration_request, peer_uri};
 
 /// How long one migration may take before the benchmark gives up on it.
 const MIGRATION_LIMIT: Duration = Duration::from_secs(600);
@@ -311,7 +317,7 @@ fn run_in_lab(
         vm.fill_mib,
         vm.dirty_mib,
     ));
-    let mut cap = None;
+    let mut last_hinan: Option<Move> = None;
     for round in 1..=spec.runs {
         // Each round starts and ends at A; the first driver goes A→B.
         let order = if round % 2 == 1 {
@@ -324,20 +330,23 @@ fn run_in_lab(
                 bail!("interrupted");
             }
             let run = match driver {
-                Driver::Hinan => by_hinan(lab, &a, vm, round, from, to)?,
+                Driver::Hinan => {
+                    let (run, m) = by_hinan(lab, &a, vm, round, from, to)?;
+                    report.cap_mib_s.get_or_insert(run.cap_mib_s);
+                    last_hinan = Some(m);
+                    run
+                }
                 Driver::Virsh => {
-                    let cap = cap.context("no hinan move before the first virsh run")?;
-                    let (run, command) = by_virsh(lab, vm, &policy, cap, round, from, to)?;
+                    let m = last_hinan
+                        .as_ref()
+                        .context("no hinan move before the first virsh run")?;
+                    let (run, command) = by_virsh(lab, &a, vm, m, round, from, to)?;
                     if report.virsh_command.is_empty() || from == "a" {
                         report.virsh_command = command;
                     }
                     run
                 }
             };
-            if driver == Driver::Hinan {
-                cap = Some(run.cap_mib_s);
-                report.cap_mib_s.get_or_insert(run.cap_mib_s);
-            }
             progress(&run_line(&run));
             report.runs.push(run);
             lab.wait_http(&vm.url(), Duration::from_secs(10))
@@ -420,7 +429,7 @@ fn by_hinan(
     round: usize,
     from: &str,
     to: &str,
-) -> Result<MoveRun> {
+) -> Result<(MoveRun, Move)> {
     wait_located(a, &vm.name, from)?;
     let start = Instant::now();
     let out = hinan(a, &["migrate", &vm.name, "--to", to, "--wait"])?;
@@ -453,7 +462,7 @@ fn by_hinan(
         .as_ref()
         .filter(|p| p.data_processed > 0)
         .map(|p| p.data_processed as f64 / 1048576.0);
-    Ok(MoveRun::new(
+    let run = MoveRun::new(
         Driver::Hinan,
         round,
         (from, to),
@@ -467,14 +476,15 @@ fn by_hinan(
         cap,
         Some(m.id.clone()),
         m.outcome.clone(),
-    ))
+    );
+    Ok((run, m))
 }
 
 fn by_virsh(
     lab: &mut Lab,
+    a: &Appliance,
     vm: &VmSpec,
-    policy: &MigrationPolicy,
-    cap: u64,
+    hinan_move: &Move,
     round: usize,
     from: &str,
     to: &str,
@@ -484,23 +494,25 @@ fn by_virsh(
     if src.domstate(&vm.name)?.as_deref() != Some("running") {
         bail!("{} does not run at {from}", vm.name);
     }
-    let args = virsh_migrate_args(
-        policy,
-        cap,
-        &vm.name,
-        &peer_uri(&dst.libvirt_uri()),
-        &dst.inside_ip.to_string(),
-    )?;
+    // The order hinan's executor would get for this move, at the cap of
+    // the hinan move before it.
+    let mv = Move {
+        from_site: from.into(),
+        from_host: format!("{from}1"),
+        to_site: to.into(),
+        to_host: format!("{to}1"),
+        ..hinan_move.clone()
+    };
+    let order = MigrationOrder::of(&a.state()?, &mv).map_err(anyhow::Error::msg)?;
+    let virsh = VirshMigration::of(&order)?;
     let src_uri = src.libvirt_uri();
     // hinan's executor sets the maximum downtime on the domain before the job.
-    src.virsh(&[
-        "migrate-setmaxdowntime",
-        &vm.name,
-        &policy.max_downtime_ms.to_string(),
-    ])?;
+    if let Some(ms) = virsh.max_downtime_ms {
+        src.virsh(&["migrate-setmaxdowntime", &vm.name, &ms.to_string()])?;
+    }
     let limit = MIGRATION_LIMIT.as_secs().to_string();
     let mut all = vec![limit.as_str(), "virsh", "-q", "-c", src_uri.as_str()];
-    all.extend(args.iter().map(String::as_str));
+    all.extend(virsh.args.iter().map(String::as_str));
     let start = Instant::now();
     sys::run("timeout", &all)
         .with_context(|| format!("virsh migrate of {} from {from} to {to}", vm.name))?;
@@ -520,71 +532,76 @@ fn by_virsh(
                 data_total_mib: job_info_mib(&info, "Data total"),
                 data_processed_mib: job_info_mib(&info, "Data processed"),
             },
-            cap,
+            order.bandwidth_mib_s.unwrap_or(0),
             None,
             info.trim().to_string(),
         ),
-        format!("virsh -c {src_uri} {}", args.join(" ")),
+        format!(
+            "virsh migrate-setmaxdowntime {} {}; virsh -c {src_uri} {}",
+            vm.name,
+            virsh
+                .max_downtime_ms
+                .map_or("-".into(), |ms| ms.to_string()),
+            virsh.args.join(" ")
+        ),
     ))
 }
 
-/// The URI the source's libvirtd dials: libvirt refuses a peer-to-peer
-/// URI without a host as "the same host" unless it names the unix transport,
-/// so `qemu:///system?socket=…` becomes `qemu+unix:///system?socket=…`.
-fn peer_uri(dest_uri: &str) -> String {
-    match dest_uri.split_once(":///") {
-        Some((scheme, rest)) if !scheme.contains('+') && dest_uri.contains("socket=") => {
-            format!("{scheme}+unix:///{rest}")
-        }
-        _ => dest_uri.to_owned(),
-    }
+/// libvirt's `virDomainMigrateFlags` (stable ABI values) and the `virsh
+/// migrate` options that set them.
+const VIRSH_FLAGS: [(u32, &str); 9] = [
+    (1 << 0, "--live"),
+    (1 << 1, "--p2p"),
+    (1 << 3, "--persistent"),
+    (1 << 4, "--undefinesource"),
+    (1 << 11, "--compressed"),
+    (1 << 13, "--auto-converge"),
+    (1 << 15, "--postcopy"),
+    (1 << 16, "--tls"),
+    (1 << 17, "--parallel"),
+];
+
+/// A `virsh migrate` that asks libvirt for what hinan's executor asks it
+/// for: the flags and parameters of `shell::libvirt::migration_request` for
+/// the executor's `settings` of `order`, to the same peer URI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VirshMigration {
+    /// `virsh migrate …` arguments.
+    pub args: Vec<String>,
+    /// Set with `virsh migrate-setmaxdowntime` before, as the executor does.
+    pub max_downtime_ms: Option<u64>,
 }
 
-/// `virsh migrate` with the flags hinan's executor gives libvirt for
-/// `policy` at `cap_mib_s` (the maximum downtime is set apart, with
-/// `virsh migrate-setmaxdowntime`).
-pub fn virsh_migrate_args(
-    policy: &MigrationPolicy,
-    cap_mib_s: u64,
-    vm: &str,
-    dest_uri: &str,
-    dest_address: &str,
-) -> Result<Vec<String>> {
-    if policy.encryption != Encryption::Vpn {
-        bail!("the benchmark streams through hinan's VPN; the policy says encryption = tls");
+impl VirshMigration {
+    pub fn of(order: &MigrationOrder) -> Result<VirshMigration> {
+        let settings = executor::settings(order);
+        let (flags, params) = migration_request(&settings);
+        let mut args = vec!["migrate".to_string()];
+        let mut left = flags;
+        for (bit, option) in VIRSH_FLAGS {
+            if flags & bit != 0 {
+                args.push(option.into());
+                left &= !bit;
+            }
+        }
+        if left != 0 {
+            bail!("hinan's executor asks libvirt for migration flags {left:#x}, which the benchmark cannot give virsh");
+        }
+        if let Some(n) = params.parallel_connections {
+            args.extend(["--parallel-connections".into(), n.to_string()]);
+        }
+        if let Some(b) = params.bandwidth {
+            args.extend(["--bandwidth".into(), b.to_string()]);
+        }
+        if let Some(u) = &params.uri {
+            args.extend(["--migrateuri".into(), u.clone()]);
+        }
+        args.extend([order.vm.clone(), peer_uri(&order.dest_uri)]);
+        Ok(VirshMigration {
+            args,
+            max_downtime_ms: settings.max_downtime_ms,
+        })
     }
-    if policy.post_copy {
-        bail!("the benchmark does not compare post-copy migrations; the policy allows post-copy");
-    }
-    let mut args: Vec<String> = [
-        "migrate",
-        "--live",
-        "--p2p",
-        "--persistent",
-        "--undefinesource",
-    ]
-    .map(String::from)
-    .to_vec();
-    if policy.auto_converge {
-        args.push("--auto-converge".into());
-    }
-    if policy.compression {
-        args.push("--compressed".into());
-    }
-    if policy.parallel_connections > 1 {
-        args.push("--parallel".into());
-        args.push("--parallel-connections".into());
-        args.push(policy.parallel_connections.to_string());
-    }
-    args.extend([
-        "--bandwidth".into(),
-        cap_mib_s.to_string(),
-        "--migrateuri".into(),
-        format!("tcp://{dest_address}"),
-        vm.into(),
-        dest_uri.into(),
-    ]);
-    Ok(args)
 }
 
 /// libvirt's side of one migration.
@@ -717,20 +734,42 @@ mod tests {
     }
 
     #[test]
-    fn virsh_gets_the_flags_hinan_gives_libvirt() {
-        let p = MigrationPolicy::default();
-        let args =
-            virsh_migrate_args(&p, 5, "lms1", "qemu:///system?socket=/x", "10.70.0.3").unwrap();
+    fn virsh_asks_libvirt_for_what_hinans_executor_asks() {
+        use hinan_orchestrator::core::moves::{Encryption, MigrationPolicy};
+        let mut order = MigrationOrder {
+            id: "m1".into(),
+            vm: "lms1".into(),
+            source_host: "a1".into(),
+            source_uri: "qemu:///system?socket=/a".into(),
+            dest_host: "b1".into(),
+            dest_uri: "qemu:///system?socket=/b".into(),
+            stream_uri: Some("tcp://10.70.0.3".into()),
+            bandwidth_mib_s: Some(5),
+            post_copy: false,
+            policy: MigrationPolicy::default(),
+        };
+        let v = VirshMigration::of(&order).unwrap();
         assert_eq!(
-            args.join(" "),
+            v.args.join(" "),
             "migrate --live --p2p --persistent --undefinesource --auto-converge \
-             --bandwidth 5 --migrateuri tcp://10.70.0.3 lms1 qemu:///system?socket=/x"
+             --bandwidth 5 --migrateuri tcp://10.70.0.3 lms1 qemu+unix:///system?socket=/b"
         );
-        let tls = MigrationPolicy {
+        assert_eq!(v.max_downtime_ms, Some(300));
+        order.policy = MigrationPolicy {
+            compression: true,
+            parallel_connections: 4,
             encryption: Encryption::Tls,
+            auto_converge: false,
             ..MigrationPolicy::default()
         };
-        assert!(virsh_migrate_args(&tls, 5, "lms1", "u", "a").is_err());
+        order.post_copy = true;
+        let v = VirshMigration::of(&order).unwrap();
+        assert_eq!(
+            v.args.join(" "),
+            "migrate --live --p2p --persistent --undefinesource --compressed --postcopy --tls \
+             --parallel --parallel-connections 4 --bandwidth 5 --migrateuri tcp://10.70.0.3 \
+             lms1 qemu+unix:///system?socket=/b"
+        );
     }
 
     #[test]
