@@ -21,10 +21,12 @@ demo:
 	$(CARGO) build -p hinan-tests --bin hinan-lab -p hinan-orchestrator --bin hinan
 	$(LAB) demo
 
-# Benchmarks: hinan beside its peers, in one run on this machine (about 26 min
+# Benchmarks: hinan beside its peers, in one run on this machine (about 31 min
 # for `make bench`). Each area has its own target:
 #   bench-migration  live migrations under the client probe, then with the
-#                    cluster: how fast its location and DNS answers follow
+#                    cluster: how fast its location and DNS answers follow,
+#                    then moves driven by hinan beside virsh on a WAN
+#                    limited to 100 Mbit/s (about 5 min)
 #   bench-cluster    hinan's cluster (its soak alone is 10 min), keepalived's
 #                    VRRP takeover (about 3 min), and the two compared
 #   bench-vpn        hinan's L2 VPN beside wireguard-go and tinc  } about 6 min
@@ -32,7 +34,7 @@ demo:
 # Each installs its Debian packages and builds the release binaries once
 # (bench-build), then writes its JSON into target/bench/. With BENCH_SAVE=1
 # the JSON of a run that succeeded is also copied to tests/bench-results/
-# (migration.json and location.json, cluster.json and keepalived.json,
+# (migration.json, location.json and moves.json, cluster.json and keepalived.json,
 # vpn.json, dns.json), the files the README's numbers are quoted from.
 # Without it nothing in the tree changes, so quoting a run is always an
 # explicit `make bench-X BENCH_SAVE=1`.
@@ -45,7 +47,9 @@ bench_save = if [ "$(BENCH_SAVE)" = 1 ]; then mkdir -p tests/bench-results && cp
 
 RUN_MIGRATION = $(REL)/hinan-lab bench-migration --runs 5 --json $(OUT)/migration.json && \
 	$(REL)/hinan-bench location --runs 5 --json $(OUT)/location.json && \
-	{ $(call bench_save,migration); } && { $(call bench_save,location); }
+	$(REL)/hinan-bench moves --runs 3 --json $(OUT)/moves.json && \
+	{ $(call bench_save,migration); } && { $(call bench_save,location); } && \
+	{ $(call bench_save,moves); }
 RUN_CLUSTER = $(REL)/hinan-bench cluster --json $(OUT)/cluster.json && \
 	$(REL)/hinan-bench keepalived --trials 20 --json $(OUT)/keepalived.json && \
 	$(REL)/hinan-bench compare $(OUT)/cluster.json $(OUT)/keepalived.json && \

@@ -4,5 +4,6 @@
 pub mod cluster;
 pub mod dns;
 pub mod keepalived;
+pub mod moves;
 pub mod stats;
 pub mod vpn;

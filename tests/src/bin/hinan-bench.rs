@@ -2,7 +2,8 @@
 //! `cluster` measures hinan's appliances, `keepalived` keepalived's VRRP
 //! takeover, and `compare` sets the two side by side with ratios. `vpn`
 //! measures hinan's L2 VPN beside wireguard-go and tinc, `dns` hinan's DNS
-//! server beside Knot and NSD.
+//! server beside Knot and NSD, `moves` live migrations driven by hinan beside
+//! the same ones driven by `virsh` on a bandwidth-limited WAN.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -52,6 +53,20 @@ enum Command {
     Location {
         #[arg(long, default_value_t = 5)]
         runs: usize,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Live migrations driven by hinan (`hinan migrate VM --to SITE --wait`)
+    /// beside `virsh migrate` with the flags hinan's executor gives libvirt,
+    /// on a WAN limited to 100 Mbit/s toward A and B (the inventory's
+    /// migration share gives a 5 MiB/s cap): wall times, hinan's overhead,
+    /// downtime and data from libvirt, achieved rate against the cap.
+    /// Boots the guest.
+    Moves {
+        /// Rounds; each moves the guest A->B and back once per driver.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Write every run and the medians (JSON) here.
         #[arg(long)]
         json: Option<PathBuf>,
     },
@@ -174,6 +189,7 @@ fn main() -> Result<()> {
             json,
         } => bench_cluster(replications, trials, soak_secs, soak_loss, json),
         Command::Location { runs, json } => bench_location(runs, json),
+        Command::Moves { runs, json } => bench_moves(runs, json),
         Command::Compare {
             cluster,
             keepalived,
@@ -231,6 +247,72 @@ fn main() -> Result<()> {
             json,
         ),
     }
+}
+
+fn bench_moves(runs: usize, json: Option<PathBuf>) -> Result<()> {
+    use hinan_lab::bench::moves::{self, Driver, DriverSummary, MovesBenchSpec};
+    hinan_lab::lab::interrupt::install();
+    let started = Instant::now();
+    let spec = MovesBenchSpec {
+        runs,
+        ..MovesBenchSpec::default()
+    };
+    println!(
+        "live migrations of {} ({} MiB, {} MiB random data) between campus A and B, inside hinan's VPN; \
+         WAN tbf {} Mbit/s toward A and toward B; inventory link {} Mbit/s x migration_share {}; \
+         {runs} rounds, each A->B and back once by hinan and once by virsh (order alternating)\n",
+        spec.guest.name,
+        spec.guest.memory_mib,
+        spec.guest.fill_mib,
+        spec.wan_rate_mbit,
+        spec.inventory_mbit,
+        spec.migration_share,
+    );
+    let report = moves::run(&spec, &mut |line| println!("{line}"))?;
+    let f = |v: Option<f64>, d: usize| v.map_or("-".into(), |x| format!("{x:.d$}"));
+    println!(
+        "\nmedians   runs  wall_s  libvirt_s  overhead_s  downtime_ms  data_total_MiB  processed_MiB  MiB/s  x_cap"
+    );
+    for (d, s) in [
+        (Driver::Hinan, &report.hinan),
+        (Driver::Virsh, &report.virsh),
+    ] {
+        let s: &DriverSummary = s;
+        println!(
+            "{:<8} {:>5}  {:>6}  {:>9}  {:>10}  {:>11}  {:>14}  {:>13}  {:>5}  {:>5}",
+            d.name(),
+            s.runs,
+            f(s.wall_s, 2),
+            f(s.job_s, 2),
+            f(s.overhead_s, 2),
+            f(s.downtime_ms, 0),
+            f(s.data_total_mib, 1),
+            f(s.data_processed_mib, 1),
+            f(s.achieved_mib_s, 2),
+            f(s.achieved_vs_cap, 2),
+        );
+    }
+    println!(
+        "\nhinan / virsh: wall time {}x, libvirt's migration time {}x; cap {} MiB/s",
+        f(report.wall_ratio_hinan_over_virsh, 3),
+        f(report.job_ratio_hinan_over_virsh, 3),
+        report.cap_mib_s.map_or("-".into(), |c| c.to_string()),
+    );
+    println!(
+        "wall: the command's start until it returned; libvirt: hinan's executor timing its migration call \
+         (the move's outcome) / virsh domjobinfo --completed 'Time elapsed'; MiB/s = data_total / libvirt time; \
+         virsh ran: {}",
+        report.virsh_command
+    );
+    let failed: Vec<String> = report.error.iter().cloned().collect();
+    finish(
+        started,
+        json,
+        &report,
+        "moves benchmarks stopped early",
+        1,
+        failed,
+    )
 }
 
 fn bench_dns(spec: bench::dns::DnsBenchSpec, json: Option<PathBuf>) -> Result<()> {
