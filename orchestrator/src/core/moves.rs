@@ -122,6 +122,9 @@ pub struct Move {
     pub failed_hosts: Vec<String>,
     /// How it ended, in words.
     pub outcome: String,
+    /// How it ended, as its executor reported it.
+    #[serde(default)]
+    pub result: Option<MoveResult>,
     /// Log index of the entry that planned it (orders the moves).
     pub planned_at: u64,
 }
@@ -358,6 +361,7 @@ pub fn plan(
             scope,
             failed_hosts: Vec::new(),
             outcome: String::new(),
+            result: None,
             planned_at: index,
         }
     };
@@ -671,6 +675,7 @@ pub fn finish(
 ) -> Result<String, Refusal> {
     running_by(state, id, by)?;
     let m = state.moves.get_mut(id).expect("checked");
+    m.result = Some(result.clone());
     let mut what = match result {
         MoveResult::Done {
             downtime_ms,
@@ -679,7 +684,7 @@ pub fn finish(
         } => {
             m.phase = MovePhase::Done;
             m.outcome = format!(
-                "live-migrated in {:.1} s, downtime {}, {} sent",
+                "live-migrated in {:.1} s, downtime {}, guest memory {}",
                 *wall_ms as f64 / 1000.0,
                 downtime_ms.map_or("unknown".into(), |d| format!("{d} ms")),
                 data_total.map_or("unknown".into(), |d| format!(
@@ -753,6 +758,7 @@ fn replan(state: &mut ClusterState, m: &Move, index: u64) -> String {
     again.failed_hosts = avoid;
     again.failed_hosts.retain(|h| !h.is_empty() && *h != v.host);
     again.outcome = String::new();
+    again.result = None;
     again.reason = format!("re-planned after {} failed ({})", m.id, m.reason);
     again.planned_at = index;
     let what = format!(

@@ -47,6 +47,7 @@ use crate::lab::vm::job_info_mib;
 use crate::lab::wan::{self, LinkImpairment, WanState};
 use crate::lab::{Lab, LabSpec};
 use crate::VmSpec;
+use hinan_orchestrator::core::moves::MoveResult;
 use hinan_orchestrator::core::moves::{Move, MovePhase};
 use hinan_orchestrator::core::node::MigrationOrder;
 use hinan_orchestrator::core::state::ClusterState;
@@ -456,7 +457,18 @@ fn by_hinan(
     let cap = m
         .bandwidth_mib_s
         .with_context(|| format!("move {} ran without a bandwidth cap", m.id))?;
-    let said = Outcome::parse(&m.outcome);
+    let (job_s, downtime_ms, data_total_mib) = match &m.result {
+        Some(MoveResult::Done {
+            downtime_ms,
+            data_total,
+            wall_ms,
+        }) => (
+            Some(*wall_ms as f64 / 1000.0),
+            downtime_ms.map(|d| d as f64),
+            data_total.map(|d| d as f64 / 1048576.0),
+        ),
+        _ => (None, None, None),
+    };
     let processed = m
         .progress
         .as_ref()
@@ -468,9 +480,9 @@ fn by_hinan(
         (from, to),
         wall,
         Measured {
-            job_s: said.wall_s,
-            downtime_ms: said.downtime_ms,
-            data_total_mib: said.sent_mib,
+            job_s,
+            downtime_ms,
+            data_total_mib,
             data_processed_mib: processed,
         },
         cap,
@@ -672,57 +684,9 @@ impl JobInfo<'_> {
     }
 }
 
-/// A done move's outcome: "live-migrated in 31.2 s, downtime 250 ms, 165.3 MiB sent".
-#[derive(Debug, Default, PartialEq)]
-struct Outcome {
-    wall_s: Option<f64>,
-    downtime_ms: Option<f64>,
-    sent_mib: Option<f64>,
-}
-
-impl Outcome {
-    fn parse(text: &str) -> Outcome {
-        let after = |key: &str| -> Option<f64> {
-            let rest = &text[text.find(key)? + key.len()..];
-            rest.split_whitespace().next()?.parse().ok()
-        };
-        let sent_mib = text.find(" MiB sent").and_then(|end| {
-            text[..end]
-                .rsplit(|c: char| c == ' ' || c == ',')
-                .next()?
-                .parse()
-                .ok()
-        });
-        Outcome {
-            wall_s: after("live-migrated in "),
-            downtime_ms: after("downtime "),
-            sent_mib,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_done_moves_outcome_is_read() {
-        assert_eq!(
-            Outcome::parse("live-migrated in 31.2 s, downtime 250 ms, 165.3 MiB sent"),
-            Outcome {
-                wall_s: Some(31.2),
-                downtime_ms: Some(250.0),
-                sent_mib: Some(165.3)
-            }
-        );
-        assert_eq!(
-            Outcome::parse("live-migrated in 2.0 s, downtime unknown, unknown sent"),
-            Outcome {
-                wall_s: Some(2.0),
-                ..Outcome::default()
-            }
-        );
-    }
 
     #[test]
     fn job_info_times_are_read_in_ms() {
