@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use clap::Args;
 use hinan_orchestrator::core::control::ProposeReply;
-use hinan_orchestrator::core::moves::{Intent, Move, MovePhase};
+use hinan_orchestrator::core::moves::{self, Intent, Move, MovePhase};
 use hinan_orchestrator::core::state::{ClusterState, Command};
 use hinan_orchestrator::shell::control::{self, Request};
 
@@ -127,7 +127,7 @@ pub fn moves(socket: &Path, all: bool, watch: bool, json: bool) -> Result<()> {
         return follow(socket, None, json);
     }
     let state = fetch(socket)?;
-    let list: Vec<&Move> = sorted(&state)
+    let list: Vec<&Move> = moves::ordered(&state)
         .into_iter()
         .filter(|m| all || m.phase.is_active())
         .collect();
@@ -149,17 +149,6 @@ pub fn moves(socket: &Path, all: bool, watch: bool, json: bool) -> Result<()> {
         println!("{}", line(m));
     }
     Ok(())
-}
-
-fn sorted(state: &ClusterState) -> Vec<&Move> {
-    let mut v: Vec<&Move> = state.moves.values().collect();
-    v.sort_by_key(|m| {
-        (
-            m.planned_at,
-            m.id.trim_start_matches('m').parse::<u64>().unwrap_or(0),
-        )
-    });
-    v
 }
 
 /// One move as a line with a progress bar.
@@ -210,7 +199,7 @@ fn follow(socket: &Path, plan: Option<&str>, json: bool) -> Result<()> {
     let mut last = String::new();
     loop {
         let state = fetch(socket)?;
-        let list: Vec<&Move> = sorted(&state)
+        let list: Vec<&Move> = moves::ordered(&state)
             .into_iter()
             .filter(|m| match plan {
                 Some(p) => m.plan == p,

@@ -26,9 +26,8 @@ use hinan_lab::lab::cluster::{Appliance, LabInventory};
 use hinan_lab::lab::guest;
 use hinan_lab::lab::wan::{self, LinkImpairment, WanState};
 use hinan_lab::{Lab, LabSpec, Probe, ProbeSpec, VmSpec};
-use hinan_orchestrator::core::moves::{Move, MovePhase};
+use hinan_orchestrator::core::moves::{self, Move, MovePhase};
 use hinan_orchestrator::core::placement::{place, HostCapacity, VmDemand};
-use hinan_orchestrator::core::state::ClusterState;
 
 /// Bytes every Linux guest holds in its memory: the kernel's banner.
 const GUEST_MEMORY_MARK: &[u8] = b"Linux version ";
@@ -48,7 +47,7 @@ fn wait_progress(a: &Appliance, vm: &str) -> Move {
         "the migration to show progress",
         Duration::from_secs(30),
         || {
-            let m = latest_move(&a.state().ok()?, vm)?;
+            let m = moves::latest(&a.state().ok()?, vm)?;
             let sent = m.progress.as_ref().is_some_and(|p| p.data_processed > 0);
             (m.phase == MovePhase::Running && sent).then_some(m)
         },
@@ -78,20 +77,6 @@ fn hinan(a: &Appliance, args: &[&str]) -> String {
     }
     eprintln!("$ hinan {}\n{out}", args.join(" "));
     out
-}
-
-/// The newest move of `vm` in the state.
-fn latest_move(s: &ClusterState, vm: &str) -> Option<Move> {
-    s.moves
-        .values()
-        .filter(|m| m.vm == vm)
-        .max_by_key(|m| {
-            (
-                m.planned_at,
-                m.id.trim_start_matches('m').parse::<u64>().unwrap_or(0),
-            )
-        })
-        .cloned()
 }
 
 fn apply(a: &Appliance, inv: &LabInventory, dir: &std::path::Path) {
@@ -157,7 +142,7 @@ fn migrate_cancel_failback_and_a_failure_at_two_campuses() {
     eprintln!("probe during hinan migrate: {}", report.summary());
     assert!(out.contains("done"), "{out}");
     let s = a.state().unwrap();
-    let m = latest_move(&s, &vm.name).unwrap();
+    let m = moves::latest(&s, &vm.name).unwrap();
     assert_eq!(m.phase, MovePhase::Done, "{m:?}");
     assert_eq!(
         (s.vms[&vm.name].site.as_str(), s.vms[&vm.name].host.as_str()),

@@ -247,13 +247,23 @@ pub fn link<'a>(state: &'a ClusterState, a: &str, b: &str) -> Option<&'a WanLink
 
 /// The moves not finished yet, oldest first.
 pub fn active(state: &ClusterState) -> impl Iterator<Item = &Move> {
-    let mut v: Vec<&Move> = state
-        .moves
-        .values()
-        .filter(|m| m.phase.is_active())
-        .collect();
+    ordered(state).into_iter().filter(|m| m.phase.is_active())
+}
+
+/// Every move kept, in the order planned.
+pub fn ordered(state: &ClusterState) -> Vec<&Move> {
+    let mut v: Vec<&Move> = state.moves.values().collect();
     v.sort_by_key(|m| (m.planned_at, seq(&m.id)));
-    v.into_iter()
+    v
+}
+
+/// The newest move of `vm`, if any is kept.
+pub fn latest(state: &ClusterState, vm: &str) -> Option<Move> {
+    ordered(state)
+        .into_iter()
+        .rev()
+        .find(|m| m.vm == vm)
+        .cloned()
 }
 
 /// The numeric part of a move id (`m12` → 12), to order moves of one plan.

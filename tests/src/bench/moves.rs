@@ -43,14 +43,13 @@ use crate::bench::stats::median;
 use crate::lab::cluster::{Appliance, LabInventory};
 use crate::lab::guest;
 use crate::lab::sys;
-use crate::lab::vm::job_info_mib;
+use crate::lab::vm::{job_info_field, job_info_mib};
 use crate::lab::wan::{self, LinkImpairment, WanState};
 use crate::lab::{Lab, LabSpec};
 use crate::VmSpec;
 use hinan_orchestrator::core::moves::MoveResult;
-use hinan_orchestrator::core::moves::{Move, MovePhase};
+use hinan_orchestrator::core::moves::{self, Move, MovePhase};
 use hinan_orchestrator::core::node::MigrationOrder;
-use hinan_orchestrator::core::state::ClusterState;
 use hinan_orchestrator::shell::executor;
 use hinan_orchestrator::shell::libvirt::{migration_request, peer_uri};
 
@@ -388,20 +387,6 @@ fn hinan(a: &Appliance, args: &[&str]) -> Result<String> {
     Ok(out)
 }
 
-/// The newest move of `vm` in the state.
-fn latest_move(s: &ClusterState, vm: &str) -> Option<Move> {
-    s.moves
-        .values()
-        .filter(|m| m.vm == vm)
-        .max_by_key(|m| {
-            (
-                m.planned_at,
-                m.id.trim_start_matches('m').parse::<u64>().unwrap_or(0),
-            )
-        })
-        .cloned()
-}
-
 /// Waits until the state has `vm` at `site` on host `site`1 with no move
 /// active (after a virsh migration, hinan learns the site from its VPN and
 /// the host from the hypervisor's report).
@@ -437,7 +422,7 @@ fn by_hinan(
     let wall = start.elapsed();
     lab.adopt_vm(to, &vm.name)?;
     let s = a.state()?;
-    let m = latest_move(&s, &vm.name).context("no move of the guest in the state")?;
+    let m = moves::latest(&s, &vm.name).context("no move of the guest in the state")?;
     if m.phase != MovePhase::Done || m.to_site != to {
         bail!(
             "hinan migrate returned, but move {} to {} is {}: {}\n{out}",
@@ -669,14 +654,8 @@ struct JobInfo<'a>(&'a str);
 impl JobInfo<'_> {
     /// A time field (`Time elapsed:  31234 ms`), in ms.
     fn ms(&self, field: &str) -> Option<f64> {
-        let line = self.0.lines().find(|l| {
-            l.trim_start()
-                .strip_prefix(field)
-                .is_some_and(|r| r.starts_with(':'))
-        })?;
-        let mut words = line.split(':').nth(1)?.split_whitespace();
-        let value: f64 = words.next()?.parse().ok()?;
-        match words.next() {
+        let (value, unit) = job_info_field(self.0, field)?;
+        match unit {
             Some("ms") | None => Some(value),
             Some("s") => Some(value * 1000.0),
             _ => None,

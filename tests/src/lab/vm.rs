@@ -178,8 +178,9 @@ impl Migration {
     }
 }
 
-/// `Memory processed:  162.345 MiB` from `virsh domjobinfo` output, in MiB.
-pub fn job_info_mib(job_info: &str, field: &str) -> Option<f64> {
+/// Field `field` of `virsh domjobinfo` output: its number and its unit
+/// (`Memory processed:  162.345 MiB` → `(162.345, Some("MiB"))`).
+pub fn job_info_field<'a>(job_info: &'a str, field: &str) -> Option<(f64, Option<&'a str>)> {
     let line = job_info.lines().find(|l| {
         l.trim_start()
             .strip_prefix(field)
@@ -187,7 +188,13 @@ pub fn job_info_mib(job_info: &str, field: &str) -> Option<f64> {
     })?;
     let mut words = line.split(':').nth(1)?.split_whitespace();
     let value: f64 = words.next()?.parse().ok()?;
-    let scale = match words.next().unwrap_or("B") {
+    Some((value, words.next()))
+}
+
+/// `Memory processed:  162.345 MiB` from `virsh domjobinfo` output, in MiB.
+pub fn job_info_mib(job_info: &str, field: &str) -> Option<f64> {
+    let (value, unit) = job_info_field(job_info, field)?;
+    let scale = match unit.unwrap_or("B") {
         "B" | "bytes" => 1.0 / 1048576.0,
         "KiB" => 1.0 / 1024.0,
         "MiB" => 1.0,
