@@ -95,20 +95,6 @@ fn runs_at(lab: &Lab, campus: &str, vm: &str) -> bool {
         .is_some_and(|s| s == "running")
 }
 
-/// Kills campus `campus`'s libvirtd (SIGKILL), by the PID the lab recorded.
-fn kill_libvirtd(lab: &Lab, campus: &str) {
-    let rec = lab
-        .recorded_processes()
-        .into_iter()
-        .find(|p| p.role == format!("{campus}/libvirtd") && p.alive())
-        .expect("the campus's libvirtd is recorded and alive");
-    // SAFETY: kill(2) on the PID the lab recorded for this very process.
-    unsafe {
-        libc::kill(rec.pid, libc::SIGKILL);
-    }
-    rec.stop(Duration::from_secs(5));
-}
-
 #[test]
 fn migrate_cancel_failback_and_a_failure_at_two_campuses() {
     let image = guest::ensure().expect("the guest image builds");
@@ -230,7 +216,8 @@ fn migrate_cancel_failback_and_a_failure_at_two_campuses() {
     apply(&a, &slow, &dir);
     hinan(&a, &["migrate", &vm.name, "--to", "b"]);
     let m = wait_progress(&a, &vm.name);
-    kill_libvirtd(&lab, "b");
+    lab.kill_process("b/libvirtd", libc::SIGKILL)
+        .expect("B's libvirtd is killed");
     let m = wait_end(&a, &m.id, Duration::from_secs(60));
 
     eprintln!("failed move: {}", m.outcome);
@@ -407,8 +394,19 @@ fn evacuate_three_campuses_without_false_downs() {
     assert_eq!(at.into_iter().collect::<Vec<_>>(), placed);
     assert!(placed.iter().any(|(_, c)| c == "b") && placed.iter().any(|(_, c)| c == "c"));
     for g in &guests {
-        lab.wait_http(&g.url(), Duration::from_secs(10))
-            .expect("each guest answers after the evacuation");
+        if let Err(e) = lab.wait_http(&g.url(), Duration::from_secs(10)) {
+            let campus = &s.vms[&g.name].site;
+            let mem = hinan_lab::lab::probe::http_get(
+                &lab.campus(campus).unwrap().ns,
+                &g.url(),
+                Duration::from_secs(2),
+            );
+            panic!(
+                "{} does not answer the client after the evacuation: {e:#}\nfrom its own campus {campus}: {mem:?}\nconsole:\n{}",
+                g.name,
+                lab.console_tail(campus, &g.name)
+            );
+        }
     }
     // Capped below the links: no appliance saw a site or a path go down.
     for (site, from) in since {

@@ -246,13 +246,20 @@ pub fn link<'a>(state: &'a ClusterState, a: &str, b: &str) -> Option<&'a WanLink
 }
 
 /// The moves not finished yet, oldest first.
+///
+/// Called by every appliance after every input (Raft messages included), so
+/// it sorts only the unfinished moves, not the up to 1000 finished ones kept.
 pub fn active(state: &ClusterState) -> impl Iterator<Item = &Move> {
-    ordered(state).into_iter().filter(|m| m.phase.is_active())
+    in_order(state.moves.values().filter(|m| m.phase.is_active())).into_iter()
 }
 
 /// Every move kept, in the order planned.
 pub fn ordered(state: &ClusterState) -> Vec<&Move> {
-    let mut v: Vec<&Move> = state.moves.values().collect();
+    in_order(state.moves.values())
+}
+
+fn in_order<'a>(moves: impl Iterator<Item = &'a Move>) -> Vec<&'a Move> {
+    let mut v: Vec<&Move> = moves.collect();
     v.sort_by_key(|m| (m.planned_at, seq(&m.id)));
     v
 }

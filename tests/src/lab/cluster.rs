@@ -388,23 +388,29 @@ impl Lab {
 
     /// Kills an appliance with `signal` (SIGKILL for a crash), by its recorded PID.
     pub fn kill_appliance(&mut self, a: &Appliance, signal: i32) -> Result<()> {
+        self.kill_process(&a.role(), signal)
+            .with_context(|| format!("{} is not running", a.name))
+    }
+
+    /// Sends `signal` to the live process the lab recorded as `role` (e.g.
+    /// `b/libvirtd`), by its recorded PID, and waits for it to end
+    /// (SIGTERM, then SIGKILL after 5 s).
+    pub fn kill_process(&mut self, role: &str, signal: i32) -> Result<()> {
         let rec = self
             .run
             .manifest
             .processes
             .iter()
-            .find(|p| p.role == a.role() && p.alive())
+            .find(|p| p.role == role && p.alive())
             .cloned()
-            .with_context(|| format!("{} is not running", a.name))?;
-        if signal == libc::SIGTERM {
-            rec.stop(Duration::from_secs(5));
-        } else {
+            .with_context(|| format!("no live process {role} is recorded"))?;
+        if signal != libc::SIGTERM {
             // SAFETY: kill(2) on the PID the lab recorded for this very process.
             unsafe {
                 libc::kill(rec.pid, signal);
             }
-            rec.stop(Duration::from_secs(5));
         }
+        rec.stop(Duration::from_secs(5));
         Ok(())
     }
 }
